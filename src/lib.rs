@@ -1,0 +1,11 @@
+//! hakim: declarative builder, tester and publisher of Hakim workspace images.
+//!
+//! The pipeline, one module per stage: [`spec`] (variant YAML) → [`debian`] (resolve/lock)
+//! → [`fetch`] (downloads into the [`cache`]) → [`layer`] (assemble and seal layers)
+//! → [`oci`] (image layouts) → [`publish`] (registries and exports).
+
+pub mod cache;
+pub mod debian;
+pub mod digest;
+pub mod fetch;
+pub mod publish;
