@@ -2,10 +2,14 @@
 //!
 //! The pipeline, one module per stage: [`spec`] (variant YAML) → [`debian`] (resolve/lock)
 //! → [`fetch`] (downloads into the [`cache`]) → [`layer`] (assemble and seal layers)
-//! → [`oci`] (image layouts) → [`publish`] (registries and exports).
+//! → [`oci`] (image layouts) → [`publish`] (registries and exports); [`build`] drives it.
 
+pub mod build;
 pub mod cache;
 pub mod debian;
 pub mod digest;
 pub mod fetch;
+pub mod layer;
+pub mod oci;
 pub mod publish;
+pub mod spec;

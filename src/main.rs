@@ -1,1 +1,141 @@
-fn main() {}
+//! The `hakim` command line: parse, call the library, render.
+
+mod cli;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use hakim::build::{self, BuildOptions};
+use hakim::layer::store::LayerStore;
+
+use cli::{Paths, print_json, progress::{Reporter, size}};
+
+#[derive(Parser)]
+#[command(name = "hakim", version, about = "Build, test and publish Hakim workspace images")]
+struct Cli {
+    /// Project directory (default: nearest parent holding `variants/`).
+    #[arg(long, global = true, env = "HAKIM_PROJECT")]
+    project: Option<PathBuf>,
+    /// Cache directory (default: $XDG_CACHE_HOME/hakim).
+    #[arg(long, global = true, env = "HAKIM_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Output directory (default: <project>/out).
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and check every variant and layer.
+    Validate,
+    /// Build variants (all when none is named) into <out>/oci.
+    Build {
+        /// Variants to build.
+        variants: Vec<String>,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Make no network requests (use the lock file and the cache).
+        #[arg(long)]
+        offline: bool,
+        /// Value for `{version}` in tags and the version annotation.
+        #[arg(long = "image-version")]
+        version: Option<String>,
+    },
+    /// Show a variant's layers (digests, sizes, cache state) and resolved config.
+    Inspect {
+        /// The variant.
+        variant: String,
+        /// Architecture (default: the variant's first).
+        #[arg(long)]
+        arch: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let paths = Paths::resolve(cli.project, cli.cache_dir, cli.out)?;
+    match cli.command {
+        Command::Validate => {
+            let project = paths.load()?;
+            let n = project.variants().count();
+            let m = project.layers().count();
+            println!("ok: {n} variants, {m} layers in {}", paths.project.display());
+        }
+        Command::Build { variants, json, offline, version } => {
+            let project = paths.load()?;
+            let selected = project.select(&variants)?;
+            let opts = BuildOptions {
+                cache_dir: paths.cache.clone(),
+                layout_dir: paths.out.join("oci"),
+                epoch: cli::source_date_epoch()?,
+                version,
+                offline,
+            };
+            let reporter = Reporter::new(json);
+            let started = std::time::Instant::now();
+            let report = build::build(&project, &selected, &opts, &reporter).await;
+            reporter.finish();
+            let report = report?;
+            if json {
+                print_json(&report)?;
+            } else {
+                for v in &report.variants {
+                    println!("{} {}", v.digest, v.refs.join(" "));
+                }
+                eprintln!("built {} variant(s) into {} in {:.2?}", report.variants.len(), report.layout.display(), started.elapsed());
+            }
+        }
+        Command::Inspect { variant, arch, json } => {
+            let project = paths.load()?;
+            let v = project.variant(&variant)?;
+            let arch = arch.unwrap_or_else(|| v.archs[0].clone());
+            let store = LayerStore::open(&paths.cache)?;
+            let planned = build::plan(&project, v, &arch, &store, cli::source_date_epoch()?)?;
+            let layers: Vec<_> = planned
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "name": p.name,
+                        "key": p.key,
+                        "cached": p.cached.is_some(),
+                        "digest": p.cached.as_ref().map(|c| c.blob.digest),
+                        "diff_id": p.cached.as_ref().map(|c| c.blob.diff_id),
+                        "size": p.cached.as_ref().map(|c| c.blob.size),
+                        "media_type": p.cached.as_ref().map(|c| c.blob.media_type.clone()),
+                    })
+                })
+                .collect();
+            if json {
+                print_json(&serde_json::json!({
+                    "variant": v.key, "name": v.name, "arch": arch, "archs": v.archs,
+                    "compression": v.compression, "tags": v.tags, "layers": layers, "config": v.config,
+                }))?;
+            } else {
+                println!("{} ({}) arch {arch}", v.name, v.key);
+                for p in &planned {
+                    match &p.cached {
+                        Some(c) => println!("  {:<14} {} {:>10}  cached", p.name, c.blob.digest, size(c.blob.size)),
+                        None => println!("  {:<14} {:<71} {:>10}  not built", p.name, "-", "-"),
+                    }
+                }
+                println!("config: {}", serde_json::to_string(&v.config)?);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,369 @@
+//! The build pipeline: plan layer keys, fetch inputs, assemble missing layers, write the layout.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+
+use crate::digest::Sha256Digest;
+use crate::layer::store::{LayerRecord, LayerStore, LowerView, StoreError};
+use crate::layer::{self, LayerError, PureInputs, tarball};
+use crate::oci::{self, ImageLayer, Layout, LayoutError, model::{Descriptor, REF_NAME}};
+use crate::spec::{Project, Variant};
+
+/// Errors from a build.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A layer failed.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// The layer cache failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The output layout failed.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// Fetching an input failed.
+    #[error("fetching {url}: {message}")]
+    Fetch { url: String, message: String },
+    /// A tag template could not be expanded.
+    #[error("variant `{variant}`: tag `{tag}`: {message}")]
+    Tag { variant: String, tag: String, message: String },
+    /// A layer needs a feature this build cannot provide.
+    #[error("variant `{variant}`, layer `{layer}`: {message}")]
+    Unsupported { variant: String, layer: String, message: String },
+}
+
+/// Settings of one build.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Cache directory (layer cache, blobs, downloads).
+    pub cache_dir: PathBuf,
+    /// The OCI layout to write.
+    pub layout_dir: PathBuf,
+    /// SOURCE_DATE_EPOCH: clamps mtimes and dates the image.
+    pub epoch: u64,
+    /// Value for `{version}` tags and the version annotation.
+    pub version: Option<String>,
+    /// Make no network requests.
+    pub offline: bool,
+}
+
+/// Git facts recorded in annotations and tag templates.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GitInfo {
+    /// Full commit id.
+    pub revision: Option<String>,
+    /// `remote.origin.url`, made browsable where it is an SSH form.
+    pub source: Option<String>,
+}
+
+impl GitInfo {
+    /// Ask git about the project directory; absent facts stay `None`.
+    pub fn discover(dir: &Path) -> Self {
+        let git = |args: &[&str]| -> Option<String> {
+            let out = Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
+            let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+            (out.status.success() && !s.is_empty()).then_some(s)
+        };
+        let source = git(&["config", "--get", "remote.origin.url"]).map(|u| {
+            match u.strip_prefix("git@").and_then(|r| r.split_once(':')) {
+                Some((host, path)) => format!("https://{host}/{}", path.trim_end_matches(".git")),
+                None => u.trim_end_matches(".git").to_string(),
+            }
+        });
+        Self { revision: git(&["rev-parse", "HEAD"]), source }
+    }
+}
+
+/// Expand `{git_sha}`, `{date}` and `{version}` in a tag template.
+pub fn expand_tag(template: &str, git: &GitInfo, epoch: u64, version: Option<&str>) -> Result<String, String> {
+    let mut out = template.to_string();
+    if out.contains("{git_sha}") {
+        let sha = git.revision.as_deref().ok_or("{git_sha} needs a git checkout")?;
+        out = out.replace("{git_sha}", &sha[..sha.len().min(7)]);
+    }
+    if out.contains("{date}") {
+        let d = time::OffsetDateTime::from_unix_timestamp(epoch as i64).map_err(|e| e.to_string())?;
+        out = out.replace("{date}", &format!("{:04}{:02}{:02}", d.year(), d.month() as u8, d.day()));
+    }
+    if out.contains("{version}") {
+        out = out.replace("{version}", version.ok_or("{version} needs --version")?);
+    }
+    Ok(out)
+}
+
+/// One layer as planned: its key and, when cached, its record.
+#[derive(Clone, Debug)]
+pub struct PlannedLayer {
+    /// Layer name.
+    pub name: String,
+    /// Cache key.
+    pub key: Sha256Digest,
+    /// The cached result, if any.
+    pub cached: Option<LayerRecord>,
+}
+
+/// Compute the keys of a variant's layers for one arch and look them up in the cache.
+pub fn plan(project: &Project, variant: &Variant, arch: &str, store: &LayerStore, epoch: u64) -> Result<Vec<PlannedLayer>, BuildError> {
+    let mut parent: Option<Sha256Digest> = None;
+    let mut out = Vec::new();
+    for name in &variant.layers {
+        let l = project.layer(name);
+        let key = layer::layer_key(l, arch, variant.compression, epoch, parent.as_ref(), &serde_json::Value::Null)?;
+        out.push(PlannedLayer { name: name.clone(), key, cached: store.get(&key) });
+        parent = Some(key);
+    }
+    Ok(out)
+}
+
+/// What happened to one layer.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    /// Layer name.
+    pub name: String,
+    /// Cache key.
+    pub key: Sha256Digest,
+    /// Compressed blob digest.
+    pub digest: Sha256Digest,
+    /// Uncompressed digest.
+    pub diff_id: Sha256Digest,
+    /// Compressed size.
+    pub size: u64,
+    /// Whether it came from the cache.
+    pub cached: bool,
+}
+
+/// One architecture of a built variant.
+#[derive(Clone, Debug, Serialize)]
+pub struct ArchReport {
+    /// Debian architecture.
+    pub arch: String,
+    /// Manifest digest.
+    pub manifest: Sha256Digest,
+    /// Config digest.
+    pub config: Sha256Digest,
+    /// Layers, bottom first.
+    pub layers: Vec<LayerReport>,
+}
+
+/// One built variant.
+#[derive(Clone, Debug, Serialize)]
+pub struct VariantReport {
+    /// Variant key.
+    pub variant: String,
+    /// Image name.
+    pub name: String,
+    /// `name:tag` refs written to the layout.
+    pub refs: Vec<String>,
+    /// What the refs point at (an image index when multi-arch).
+    pub digest: Sha256Digest,
+    /// Media type of that document.
+    pub media_type: String,
+    /// Per architecture.
+    pub archs: Vec<ArchReport>,
+}
+
+/// The result of `hakim build`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BuildReport {
+    /// The layout written.
+    pub layout: PathBuf,
+    /// Variants built.
+    pub variants: Vec<VariantReport>,
+}
+
+/// Progress events for renderers.
+pub trait Progress: Send + Sync {
+    /// A layer is about to be assembled (not called for cache hits).
+    fn layer_started(&self, variant: &str, arch: &str, layer: &str);
+    /// A layer is ready.
+    fn layer_finished(&self, variant: &str, arch: &str, report: &LayerReport);
+}
+
+/// A progress sink that ignores everything.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn layer_started(&self, _: &str, _: &str, _: &str) {}
+    fn layer_finished(&self, _: &str, _: &str, _: &LayerReport) {}
+}
+
+/// Build variants into the layout; the layout's `index.json` changes only if everything succeeded.
+pub async fn build(project: &Project, variants: &[&Variant], opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildReport, BuildError> {
+    let git = GitInfo::discover(&project.root);
+    // Expand every tag first, so a bad template fails before any work.
+    let mut tags_of = BTreeMap::new();
+    for v in variants {
+        let tags = v
+            .tags
+            .iter()
+            .map(|t| {
+                expand_tag(t, &git, opts.epoch, opts.version.as_deref())
+                    .map_err(|message| BuildError::Tag { variant: v.key.clone(), tag: t.clone(), message })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        tags_of.insert(v.key.clone(), tags);
+    }
+    let store = LayerStore::open(&opts.cache_dir)?;
+    let layout = Layout::open_or_create(&opts.layout_dir)?;
+    let mut reports = Vec::new();
+    let mut refs: Vec<(String, Vec<Descriptor>)> = Vec::new();
+    for v in variants {
+        let mut arch_reports = Vec::new();
+        let mut manifests = Vec::new();
+        let tags = &tags_of[&v.key];
+        let annotations = standard_annotations(v, &git, opts, tags);
+        let mut labels = annotations.clone();
+        labels.extend(v.config.labels.clone());
+        let mut annotations = annotations;
+        annotations.extend(v.config.annotations.clone());
+        for arch in &v.archs {
+            let layers = build_arch(project, v, arch, &store, opts, progress).await?;
+            let image_layers: Vec<ImageLayer> = layers
+                .iter()
+                .map(|(r, rec)| {
+                    let l = project.layer(&r.name);
+                    ImageLayer { blob: rec.blob.clone(), name: r.name.clone(), comment: l.spec.description.clone() }
+                })
+                .collect();
+            for il in &image_layers {
+                layout.put_blob_file(&store.cas().path(&il.blob.digest), &il.blob.digest)?;
+            }
+            let written = oci::write_manifest(&layout, arch, &image_layers, &v.config, &labels, &annotations, opts.epoch)?;
+            arch_reports.push(ArchReport {
+                arch: arch.clone(),
+                manifest: written.descriptor.digest,
+                config: written.config.expect("manifests have configs"),
+                layers: layers.into_iter().map(|(r, _)| r).collect(),
+            });
+            manifests.push(written.descriptor);
+        }
+        let top = if manifests.len() == 1 {
+            let mut d = manifests.pop().expect("one manifest");
+            d.platform = None;
+            d
+        } else {
+            oci::write_index(&layout, manifests, &annotations)?.descriptor
+        };
+        let descriptors = tags
+            .iter()
+            .map(|t| {
+                let mut d = top.clone();
+                d.annotations.insert(REF_NAME.into(), format!("{}:{t}", v.name));
+                d
+            })
+            .collect();
+        refs.push((v.name.clone(), descriptors));
+        reports.push(VariantReport {
+            variant: v.key.clone(),
+            name: v.name.clone(),
+            refs: tags.iter().map(|t| format!("{}:{t}", v.name)).collect(),
+            digest: top.digest,
+            media_type: top.media_type.clone(),
+            archs: arch_reports,
+        });
+    }
+    for (name, descriptors) in refs {
+        layout.set_refs(&name, descriptors)?;
+    }
+    Ok(BuildReport { layout: opts.layout_dir.clone(), variants: reports })
+}
+
+fn standard_annotations(v: &Variant, git: &GitInfo, opts: &BuildOptions, tags: &[String]) -> BTreeMap<String, String> {
+    let mut a = BTreeMap::new();
+    a.insert("org.opencontainers.image.title".to_string(), v.name.clone());
+    a.insert("org.opencontainers.image.created".to_string(), oci::rfc3339(opts.epoch));
+    if let Some(d) = &v.description {
+        a.insert("org.opencontainers.image.description".to_string(), d.clone());
+    }
+    if let Some(s) = &git.source {
+        a.insert("org.opencontainers.image.source".to_string(), s.clone());
+    }
+    if let Some(r) = &git.revision {
+        a.insert("org.opencontainers.image.revision".to_string(), r.clone());
+    }
+    if let Some(version) = opts.version.clone().or_else(|| tags.first().cloned()) {
+        a.insert("org.opencontainers.image.version".to_string(), version);
+    }
+    a
+}
+
+async fn build_arch(
+    project: &Project,
+    v: &Variant,
+    arch: &str,
+    store: &LayerStore,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Vec<(LayerReport, LayerRecord)>, BuildError> {
+    let planned = plan(project, v, arch, store, opts.epoch)?;
+    let mut done: Vec<(Sha256Digest, LayerRecord)> = Vec::new();
+    let mut out = Vec::new();
+    for p in planned {
+        let (record, cached) = match p.cached {
+            Some(rec) => (rec, true),
+            None => {
+                progress.layer_started(&v.key, arch, &p.name);
+                let l = project.layer(&p.name);
+                if l.needs_rootfs() {
+                    return Err(BuildError::Unsupported {
+                        variant: v.key.clone(),
+                        layer: p.name.clone(),
+                        message: "package and run layers are not supported by this build yet".into(),
+                    });
+                }
+                let archives = fetch_archives(l, arch, store, opts).await?;
+                let lower = LowerView::new(store, &done)?;
+                let tree = layer::assemble_pure(l, &PureInputs { arch, epoch: opts.epoch, archives: &archives, lower: &lower })?;
+                let blob = tarball::write_layer(tree.entries(), opts.epoch, v.compression, store.cas())
+                    .map_err(|source| LayerError::Tar { layer: p.name.clone(), source })?;
+                let rec = LayerRecord { blob, entries: tree.len() };
+                store.put(&p.key, &rec, &tarball::meta_index(tree.entries()))?;
+                (rec, false)
+            }
+        };
+        let report = LayerReport {
+            name: p.name.clone(),
+            key: p.key,
+            digest: record.blob.digest,
+            diff_id: record.blob.diff_id,
+            size: record.blob.size,
+            cached,
+        };
+        progress.layer_finished(&v.key, arch, &report);
+        done.push((p.key, record.clone()));
+        out.push((report, record));
+    }
+    Ok(out)
+}
+
+async fn fetch_archives(l: &crate::spec::Layer, arch: &str, store: &LayerStore, opts: &BuildOptions) -> Result<Vec<PathBuf>, BuildError> {
+    let mut out = Vec::new();
+    for (url, digest) in layer::archive_sources(l, arch)? {
+        let err = |message: String| BuildError::Fetch { url: url.clone(), message };
+        let cas = store.cas();
+        if cas.verify(&digest).map_err(|e| err(e.to_string()))? {
+            out.push(cas.path(&digest));
+            continue;
+        }
+        let bytes = if url.starts_with("http://") || url.starts_with("https://") {
+            if opts.offline {
+                return Err(err("offline, and not in the cache".into()));
+            }
+            let resp = reqwest::get(&url).await.map_err(|e| err(e.to_string()))?;
+            if !resp.status().is_success() {
+                return Err(err(format!("HTTP {}", resp.status())));
+            }
+            resp.bytes().await.map_err(|e| err(e.to_string()))?.to_vec()
+        } else {
+            std::fs::read(&url).map_err(|e| err(e.to_string()))?
+        };
+        let mut w = cas.writer().map_err(|e| err(e.to_string()))?;
+        std::io::Write::write_all(&mut w, &bytes).map_err(|e| err(e.to_string()))?;
+        w.commit(Some(&digest)).map_err(|e| err(e.to_string()))?;
+        out.push(cas.path(&digest));
+    }
+    Ok(out)
+}

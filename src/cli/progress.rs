@@ -1,0 +1,84 @@
+//! Rendering build progress: a spinner on a TTY, plain lines otherwise (CI), nothing for --json.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use hakim::build::{LayerReport, Progress};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Progress on stderr, chosen by whether stderr is a terminal.
+pub struct Reporter {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    lock: Mutex<()>,
+}
+
+impl Reporter {
+    /// A reporter; `quiet` prints nothing but errors.
+    pub fn new(quiet: bool) -> Self {
+        let bar = (!quiet && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()).then(|| {
+            let b = ProgressBar::new_spinner();
+            b.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").expect("valid template"));
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        });
+        Self { bar, quiet, lock: Mutex::new(()) }
+    }
+
+    /// Print a line above the bar (or plainly).
+    pub fn line(&self, msg: &str) {
+        if self.quiet {
+            return;
+        }
+        let _g = self.lock.lock();
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+
+    /// Set the bar's message (no-op without a bar).
+    pub fn status(&self, msg: &str) {
+        if let Some(b) = &self.bar {
+            b.set_message(msg.to_string());
+        }
+    }
+
+    /// Remove the bar.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Human size.
+pub fn size(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
+impl Progress for Reporter {
+    fn layer_started(&self, variant: &str, arch: &str, layer: &str) {
+        self.status(&format!("{variant}/{arch}: building layer {layer}"));
+        if self.bar.is_none() {
+            self.line(&format!("{variant}/{arch}: building layer {layer}"));
+        }
+    }
+
+    fn layer_finished(&self, variant: &str, arch: &str, r: &LayerReport) {
+        let how = if r.cached { "cached" } else { "built" };
+        self.line(&format!(
+            "{variant}/{arch}: layer {:<12} {} {:>10} {how}",
+            r.name,
+            &r.digest.hex()[..12],
+            size(r.size)
+        ));
+    }
+}

@@ -1,0 +1,330 @@
+//! Assembling layers: from a layer definition (plus fetched inputs) to sealed, cached blobs.
+
+pub mod accounts;
+pub mod archive;
+pub mod entry;
+pub mod store;
+pub mod tarball;
+pub mod walk;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::digest::Sha256Digest;
+use crate::spec::{ArchiveFormat, ArchiveSpec, Compression, Layer, Sha256Spec};
+use entry::{Content, Entry, Kind, LayerTree, rel_path};
+use store::LowerView;
+use walk::Ownership;
+
+/// Bumped whenever the bytes hakim writes for the same inputs change.
+pub const LAYER_FORMAT: u32 = 1;
+
+/// Errors while assembling a layer, each naming the layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// Reading a local input failed.
+    #[error("layer `{layer}`: {path}: {source}")]
+    Local { layer: String, path: PathBuf, source: std::io::Error },
+    /// Archive unpacking failed or was refused.
+    #[error("layer `{layer}`: {source}")]
+    Archive { layer: String, source: archive::ArchiveError },
+    /// Account merge failed.
+    #[error("layer `{layer}`: {source}")]
+    Accounts { layer: String, source: accounts::AccountError },
+    /// A declared value cannot be used.
+    #[error("layer `{layer}` ({file}): {message}")]
+    Invalid { layer: String, file: PathBuf, message: String },
+    /// The layer cache failed.
+    #[error("layer `{layer}`: {source}")]
+    Store { layer: String, source: store::StoreError },
+    /// Writing the tarball failed.
+    #[error("layer `{layer}`: {source}")]
+    Tar { layer: String, source: tarball::TarError },
+}
+
+/// The sha256 an archive must have for `arch`.
+pub fn archive_digest(a: &ArchiveSpec, arch: &str) -> Option<Sha256Digest> {
+    let s = match &a.sha256 {
+        Sha256Spec::All(s) => s,
+        Sha256Spec::PerArch(m) => m.get(arch)?,
+    };
+    s.parse().ok()
+}
+
+/// The URL (or local path) of an archive for `arch`.
+pub fn archive_url(layer: &Layer, a: &ArchiveSpec, arch: &str) -> String {
+    let url = a.url.replace("{arch}", arch);
+    if url.starts_with("http://") || url.starts_with("https://") {
+        url
+    } else {
+        let local = url.strip_prefix("file://").unwrap_or(&url);
+        layer.dir.join(local).to_string_lossy().into_owned()
+    }
+}
+
+#[derive(Serialize)]
+struct LocalInput {
+    path: String,
+    kind: char,
+    mode: u32,
+    sha256: Option<Sha256Digest>,
+    link: Option<String>,
+    xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+fn local_inputs(layer: &Layer) -> Result<Vec<LocalInput>, LayerError> {
+    let mut srcs: Vec<(PathBuf, String)> = Vec::new();
+    let rootfs = layer.dir.join("rootfs");
+    if rootfs.is_dir() {
+        srcs.push((rootfs, "rootfs".into()));
+    }
+    for f in &layer.spec.files {
+        srcs.push((layer.dir.join(&f.value.src), f.value.src.clone()));
+    }
+    let mut out = Vec::new();
+    for (src, label) in srcs {
+        let entries = walk::walk(&src, &label, Ownership::Keep)
+            .map_err(|source| LayerError::Local { layer: layer.name.clone(), path: src.clone(), source })?;
+        for e in entries {
+            let (kind, sha256, link) = match &e.kind {
+                Kind::File(Content::Disk(p)) => {
+                    let f = std::fs::File::open(p)
+                        .map_err(|source| LayerError::Local { layer: layer.name.clone(), path: p.clone(), source })?;
+                    let d = Sha256Digest::of_reader(std::io::BufReader::new(f))
+                        .map_err(|source| LayerError::Local { layer: layer.name.clone(), path: p.clone(), source })?;
+                    ('f', Some(d), None)
+                }
+                Kind::Dir => ('d', None, None),
+                Kind::Symlink(t) => ('l', None, Some(t.clone())),
+                Kind::Hardlink(t) => ('h', None, Some(t.clone())),
+                _ => ('o', None, None),
+            };
+            out.push(LocalInput { path: e.path, kind, mode: e.mode & 0o111, sha256, link, xattrs: e.xattrs });
+        }
+    }
+    Ok(out)
+}
+
+/// Everything a layer's bytes depend on, hashed: definition, local files, pinned digests,
+/// architecture, compression, epoch, the parent's key, and extra inputs such as locked packages.
+pub fn layer_key(
+    layer: &Layer,
+    arch: &str,
+    compression: Compression,
+    epoch: u64,
+    parent: Option<&Sha256Digest>,
+    extra: &serde_json::Value,
+) -> Result<Sha256Digest, LayerError> {
+    let archives: Vec<Option<Sha256Digest>> = layer.spec.archives.iter().map(|a| archive_digest(&a.value, arch)).collect();
+    let key = serde_json::json!({
+        "format": LAYER_FORMAT,
+        "parent": parent,
+        "arch": arch,
+        "compression": compression,
+        "epoch": epoch,
+        "spec": &layer.spec,
+        "local": local_inputs(layer)?,
+        "archives": archives,
+        "extra": extra,
+    });
+    Ok(Sha256Digest::of(&serde_json::to_vec(&key).expect("key serializes")))
+}
+
+/// Inputs for assembling one layer that does not need a root filesystem.
+pub struct PureInputs<'a> {
+    /// Target architecture.
+    pub arch: &'a str,
+    /// SOURCE_DATE_EPOCH.
+    pub epoch: u64,
+    /// Fetched archive files, in the order of `archives:`.
+    pub archives: &'a [PathBuf],
+    /// The layers below.
+    pub lower: &'a LowerView<'a>,
+}
+
+const ACCOUNT_FILES: [&str; 4] = ["etc/passwd", "etc/group", "etc/shadow", "etc/gshadow"];
+
+/// Build the entries of a layer made of files, directories, symlinks, archives and accounts.
+pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, LayerError> {
+    let name = &layer.name;
+    let invalid = |message: String| LayerError::Invalid { layer: name.clone(), file: layer.file.clone(), message };
+    let mut tree = LayerTree::new();
+
+    // Accounts first: owners named in this layer may be users it creates.
+    let mut db = None;
+    let needs_db = layer.spec.accounts.is_some()
+        || layer.spec.files.iter().any(|f| f.value.owner.as_deref().is_some_and(has_names))
+        || layer.spec.directories.iter().any(|d| d.value.owner.as_deref().is_some_and(has_names))
+        || layer.spec.archives.iter().any(|a| a.value.owner.as_deref().is_some_and(has_names));
+    if needs_db {
+        let paths: Vec<String> = ACCOUNT_FILES.iter().map(|s| s.to_string()).collect();
+        let files = inp.lower.read_files(&paths).map_err(|source| LayerError::Store { layer: name.clone(), source })?;
+        let text = |p: &str| String::from_utf8_lossy(files.get(p).map(Vec::as_slice).unwrap_or_default()).into_owned();
+        let lower_db = accounts::AccountDb {
+            passwd: text("etc/passwd"),
+            group: text("etc/group"),
+            shadow: text("etc/shadow"),
+            gshadow: text("etc/gshadow"),
+        };
+        db = Some(lower_db);
+    }
+    let mut homes = Vec::new();
+    if let (Some(spec), Some(lower_db)) = (&layer.spec.accounts, &db) {
+        let (merged, h) = accounts::merge(lower_db, spec, inp.epoch)
+            .map_err(|source| LayerError::Accounts { layer: name.clone(), source })?;
+        homes = h;
+        db = Some(merged);
+    }
+    let owner = |o: Option<&str>| -> Result<(u32, u32), LayerError> {
+        match o {
+            None => Ok((0, 0)),
+            Some(o) => resolve_owner(o, db.as_ref()).map_err(invalid),
+        }
+    };
+
+    let rootfs = layer.dir.join("rootfs");
+    if rootfs.is_dir() {
+        let entries = walk::walk(&rootfs, "", Ownership::Normalize)
+            .map_err(|source| LayerError::Local { layer: name.clone(), path: rootfs.clone(), source })?;
+        entries.into_iter().for_each(|e| tree.insert(e));
+    }
+    for f in &layer.spec.files {
+        let f = &f.value;
+        let src = layer.dir.join(&f.src);
+        let dest = rel_path(&f.dest).ok_or_else(|| invalid(format!("files: `{}` is the root directory", f.dest)))?;
+        let (uid, gid) = owner(f.owner.as_deref())?;
+        let entries = walk::walk(&src, &dest, Ownership::Normalize)
+            .map_err(|source| LayerError::Local { layer: name.clone(), path: src.clone(), source })?;
+        for mut e in entries {
+            e.uid = uid;
+            e.gid = gid;
+            if let (Some(m), false) = (f.mode, matches!(e.kind, Kind::Dir | Kind::Symlink(_))) {
+                e.mode = m.0;
+            }
+            tree.insert(e);
+        }
+    }
+    for d in &layer.spec.directories {
+        let d = &d.value;
+        let Some(path) = rel_path(&d.path) else { continue };
+        let (uid, gid) = owner(d.owner.as_deref())?;
+        let mut e = Entry::new(path, Kind::Dir, d.mode.map_or(0o755, |m| m.0));
+        e.uid = uid;
+        e.gid = gid;
+        tree.insert(e);
+    }
+    for s in &layer.spec.symlinks {
+        let s = &s.value;
+        let path = rel_path(&s.path).ok_or_else(|| invalid(format!("symlinks: `{}` is the root directory", s.path)))?;
+        tree.insert(Entry::new(path, Kind::Symlink(s.target.clone()), 0o777));
+    }
+    for (a, file) in layer.spec.archives.iter().zip(inp.archives) {
+        let a = &a.value;
+        let format = a.format.or_else(|| archive::guess_format(&a.url)).unwrap_or(ArchiveFormat::Binary);
+        let (uid, gid) = owner(a.owner.as_deref())?;
+        let dest = rel_path(&a.dest).unwrap_or_default();
+        let label = a.url.replace("{arch}", inp.arch);
+        let placement = archive::Placement {
+            label: &label,
+            dest: &dest,
+            strip: a.strip_components,
+            uid,
+            gid,
+            binary_mode: a.mode.map_or(0o755, |m| m.0),
+        };
+        let entries = archive::unpack(file, format, &placement)
+            .map_err(|source| LayerError::Archive { layer: name.clone(), source })?;
+        entries.into_iter().for_each(|e| tree.insert(e));
+    }
+    if let (Some(_), Some(db)) = (&layer.spec.accounts, &db) {
+        for (path, text, mode) in [
+            ("etc/passwd", &db.passwd, 0o644),
+            ("etc/group", &db.group, 0o644),
+            ("etc/shadow", &db.shadow, 0o640),
+            ("etc/gshadow", &db.gshadow, 0o640),
+        ] {
+            let mut e = Entry::new(path, Kind::File(Content::Bytes(text.clone().into_bytes())), mode);
+            // Debian keeps the shadow files readable by group `shadow`.
+            if mode == 0o640 {
+                e.gid = inp.lower.meta(path).map_or(0, |m| m.g);
+            }
+            tree.insert(e);
+        }
+        add_homes(&mut tree, &homes, inp.lower).map_err(|source| LayerError::Store { layer: name.clone(), source })?;
+    }
+    tree.adopt_lower_dirs(|p| inp.lower.meta(p));
+    Ok(tree)
+}
+
+fn add_homes(tree: &mut LayerTree, homes: &[accounts::Home], lower: &LowerView<'_>) -> Result<(), store::StoreError> {
+    let skel = lower.files_under("etc/skel");
+    let skel_paths: Vec<String> = skel.iter().filter(|(_, m)| m.t == 'f').map(|(p, _)| p.clone()).collect();
+    let skel_files = lower.read_files(&skel_paths)?;
+    for h in homes {
+        let Some(home) = rel_path(&h.path) else { continue };
+        if lower.meta(&home).is_some() || tree.get(&home).is_some_and(|e| !matches!(e.kind, Kind::Dir) || e.uid != 0) {
+            continue;
+        }
+        let mut d = Entry::new(home.clone(), Kind::Dir, 0o750);
+        d.uid = h.uid;
+        d.gid = h.gid;
+        tree.insert(d);
+        for (path, meta) in &skel {
+            let rel = &path["etc/skel/".len()..];
+            let kind = match (meta.t, skel_files.get(path)) {
+                ('d', _) => Kind::Dir,
+                ('f', Some(bytes)) => Kind::File(Content::Bytes(bytes.clone())),
+                _ => continue,
+            };
+            let mut e = Entry::new(format!("{home}/{rel}"), kind, meta.m);
+            e.uid = h.uid;
+            e.gid = h.gid;
+            tree.insert(e);
+        }
+    }
+    Ok(())
+}
+
+fn has_names(owner: &str) -> bool {
+    owner.split(':').any(|p| p.parse::<u32>().is_err())
+}
+
+/// Resolve `user:group` (names or numbers) against the account databases.
+pub fn resolve_owner(owner: &str, db: Option<&accounts::AccountDb>) -> Result<(u32, u32), String> {
+    let (u, g) = owner.split_once(':').unwrap_or((owner, owner));
+    let lookup = |name: &str, text: Option<&String>, what: &str| -> Result<u32, String> {
+        if let Ok(n) = name.parse() {
+            return Ok(n);
+        }
+        text.and_then(|t| {
+            t.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.first() == Some(&name)).then(|| f.get(2).and_then(|s| s.parse().ok())).flatten()
+            })
+        })
+        .ok_or_else(|| format!("owner `{owner}`: no {what} `{name}` in this layer or the layers below"))
+    };
+    let uid = lookup(u, db.map(|d| &d.passwd), "user")?;
+    let gid = lookup(g, db.map(|d| &d.group), "group")?;
+    Ok((uid, gid))
+}
+
+/// Files an archive source must be fetched from for `arch`, with their expected digests.
+pub fn archive_sources(layer: &Layer, arch: &str) -> Result<Vec<(String, Sha256Digest)>, LayerError> {
+    layer
+        .spec
+        .archives
+        .iter()
+        .map(|a| {
+            let d = archive_digest(&a.value, arch).ok_or_else(|| LayerError::Invalid {
+                layer: layer.name.clone(),
+                file: layer.file.clone(),
+                message: format!("archive `{}` has no sha256 for architecture `{arch}`", a.value.url),
+            })?;
+            Ok((archive_url(layer, &a.value, arch), d))
+        })
+        .collect()
+}
+

@@ -1,0 +1,181 @@
+//! The layer cache: sealed layers by cache key, with a metadata index of their entries.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::entry::Meta;
+use super::tarball::LayerBlob;
+use crate::cache::Cas;
+use crate::digest::Sha256Digest;
+
+/// Errors from the layer cache.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Filesystem failure.
+    #[error("layer cache {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// A record or index that does not parse (it is ignored and rebuilt by callers).
+    #[error("layer cache {path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+/// What the cache remembers about a sealed layer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerRecord {
+    /// The blob.
+    pub blob: LayerBlob,
+    /// Number of tar entries.
+    pub entries: usize,
+}
+
+/// Sealed layers keyed by their input hash.
+#[derive(Clone, Debug)]
+pub struct LayerStore {
+    dir: PathBuf,
+    cas: Cas,
+}
+
+impl LayerStore {
+    /// Open the store under `cache_dir`.
+    pub fn open(cache_dir: &Path) -> Result<Self, StoreError> {
+        let dir = cache_dir.join("layers");
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
+        let cas = Cas::open(cache_dir.join("blobs")).map_err(|e| StoreError::Corrupt { path: dir.clone(), message: e.to_string() })?;
+        Ok(Self { dir, cas })
+    }
+
+    /// The blob store layers are written to.
+    pub fn cas(&self) -> &Cas {
+        &self.cas
+    }
+
+    fn record_path(&self, key: &Sha256Digest) -> PathBuf {
+        self.dir.join(format!("{}.json", key.hex()))
+    }
+
+    fn index_path(&self, key: &Sha256Digest) -> PathBuf {
+        self.dir.join(format!("{}.index.json", key.hex()))
+    }
+
+    /// A cached layer whose blob is still present.
+    pub fn get(&self, key: &Sha256Digest) -> Option<LayerRecord> {
+        let bytes = fs::read(self.record_path(key)).ok()?;
+        let rec: LayerRecord = serde_json::from_slice(&bytes).ok()?;
+        (self.cas.contains(&rec.blob.digest) && self.index_path(key).is_file()).then_some(rec)
+    }
+
+    /// Remember a sealed layer (index first, record last, both atomic).
+    pub fn put(&self, key: &Sha256Digest, rec: &LayerRecord, index: &[(String, Meta)]) -> Result<(), StoreError> {
+        write_atomic(&self.index_path(key), &serde_json::to_vec(index).expect("index serializes"))?;
+        write_atomic(&self.record_path(key), &serde_json::to_vec_pretty(rec).expect("record serializes"))
+    }
+
+    /// The entry index of a cached layer.
+    pub fn index(&self, key: &Sha256Digest) -> Result<Vec<(String, Meta)>, StoreError> {
+        let path = self.index_path(key);
+        let bytes = fs::read(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path, message: e.to_string() })
+    }
+}
+
+/// Write a file via a temp file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let io_err = |source| StoreError::Io { path: path.to_path_buf(), source };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err)?;
+    io::Write::write_all(&mut tmp, bytes).map_err(io_err)?;
+    tmp.persist(path).map_err(|e| io_err(e.error))?;
+    Ok(())
+}
+
+/// The merged view of the layers below the one being built.
+pub struct LowerView<'a> {
+    store: &'a LayerStore,
+    layers: Vec<LayerRecord>,
+    /// path → (meta, index of the layer that last wrote it)
+    merged: BTreeMap<String, (Meta, usize)>,
+}
+
+impl<'a> LowerView<'a> {
+    /// Build the view from cached layers, bottom first.
+    pub fn new(store: &'a LayerStore, layers: &[(Sha256Digest, LayerRecord)]) -> Result<Self, StoreError> {
+        let mut merged: BTreeMap<String, (Meta, usize)> = BTreeMap::new();
+        for (i, (key, _)) in layers.iter().enumerate() {
+            for (path, meta) in store.index(key)? {
+                match meta.t {
+                    'w' => remove_tree(&mut merged, &path, true),
+                    'o' => remove_tree(&mut merged, &path, false),
+                    _ => {
+                        merged.insert(path, (meta, i));
+                    }
+                }
+            }
+        }
+        Ok(Self { store, layers: layers.iter().map(|(_, r)| r.clone()).collect(), merged })
+    }
+
+    /// Metadata of a path as the lower layers leave it.
+    pub fn meta(&self, path: &str) -> Option<Meta> {
+        self.merged.get(path).map(|(m, _)| m.clone())
+    }
+
+    /// Contents of regular files, by path; missing paths are absent from the result.
+    pub fn read_files(&self, paths: &[String]) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        let mut by_layer: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
+        for p in paths {
+            if let Some((m, i)) = self.merged.get(p)
+                && m.t == 'f'
+            {
+                by_layer.entry(*i).or_default().push(p);
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (i, wanted) in by_layer {
+            let blob = &self.layers[i].blob;
+            let path = self.store.cas.path(&blob.digest);
+            let io_err = |source| StoreError::Io { path: path.clone(), source };
+            let file = fs::File::open(&path).map_err(io_err)?;
+            let reader: Box<dyn Read> = if blob.media_type.ends_with("zstd") {
+                Box::new(zstd::Decoder::new(file).map_err(io_err)?)
+            } else {
+                Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(file)))
+            };
+            let mut ar = tar::Archive::new(reader);
+            for entry in ar.entries().map_err(io_err)? {
+                let mut entry = entry.map_err(io_err)?;
+                let name = String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").trim_end_matches('/').to_string();
+                if wanted.iter().any(|w| **w == name) {
+                    let mut buf = Vec::new();
+                    entry.read_to_end(&mut buf).map_err(io_err)?;
+                    out.insert(name, buf);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Regular files below a directory (e.g. `etc/skel`), as relative paths.
+    pub fn files_under(&self, dir: &str) -> Vec<(String, Meta)> {
+        let prefix = format!("{dir}/");
+        self.merged
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, (m, _))| (k.clone(), m.clone()))
+            .collect()
+    }
+}
+
+fn remove_tree(map: &mut BTreeMap<String, (Meta, usize)>, path: &str, including_self: bool) {
+    if including_self {
+        map.remove(path);
+    }
+    let prefix = format!("{path}/");
+    let doomed: Vec<String> = map.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect();
+    for k in doomed {
+        map.remove(&k);
+    }
+}
