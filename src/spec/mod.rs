@@ -153,7 +153,12 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, SpecErro
             .map(|l| SourcePos::at(path, l))
             .unwrap_or_else(|| SourcePos::file(path));
         let message = e.without_snippet().to_string();
-        let message = message.lines().next().unwrap_or_default().to_string();
+        let message = message.lines().next().unwrap_or_default();
+        // The position is already in front; drop the parser's own copy of it.
+        let message = match message.rfind(" at line ") {
+            Some(i) => message[..i].to_string(),
+            None => message.to_string(),
+        };
         SpecError::Parse { pos, message }
     })
 }
