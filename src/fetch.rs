@@ -580,8 +580,8 @@ mod tests {
     enum Reply {
         Body(Vec<u8>),
         Status(u16, Option<u64>),
-        /// Announce more bytes than sent, then close the connection.
-        Truncated(Vec<u8>),
+        /// Announce more bytes than sent, then stall until the client's read timeout.
+        Stall(Vec<u8>),
     }
 
     type Handler = dyn Fn(usize, &str) -> Reply + Send + Sync;
@@ -622,7 +622,7 @@ mod tests {
                             }
                             req.respond(r)
                         }
-                        Reply::Truncated(b) => {
+                        Reply::Stall(b) => {
                             let close =
                                 tiny_http::Header::from_bytes("Connection", "close").unwrap();
                             let len = b.len() + 1000;
@@ -676,7 +676,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn survives_503_429_and_dropped_connections() {
+    async fn survives_503_429_and_stalled_bodies() {
         let content = b"hello from the mirror".repeat(100);
         let body = content.clone();
         let srv = serve(
@@ -684,12 +684,18 @@ mod tests {
             Arc::new(move |n, _| match n {
                 0 => Reply::Status(503, None),
                 1 => Reply::Status(429, Some(1)),
-                2 => Reply::Truncated(body[..50].to_vec()),
+                2 => Reply::Stall(body[..50].to_vec()),
                 _ => Reply::Body(body.clone()),
             }),
         );
         let dir = tempfile::tempdir().unwrap();
-        let f = fetcher(dir.path(), quick());
+        let f = fetcher(
+            dir.path(),
+            FetchOptions {
+                read_timeout: Duration::from_millis(500),
+                ..quick()
+            },
+        );
         let start = Instant::now();
         let path = f
             .fetch(item(format!("{}/a", srv.base), &content))
@@ -702,6 +708,38 @@ mod tests {
         assert_eq!(std::fs::read(path).unwrap(), content);
         assert_eq!(f.stats().requests, 4);
         assert_eq!(srv.hits.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn retries_connections_dropped_mid_body() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let content = b"0123456789".repeat(50);
+        let body = content.clone();
+        let server = std::thread::spawn(move || {
+            for n in 0..3 {
+                let (mut sock, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).unwrap();
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                sock.write_all(head.as_bytes()).unwrap();
+                // The first two connections die after a few bytes.
+                let end = if n < 2 { 7 } else { body.len() };
+                sock.write_all(&body[..end]).unwrap();
+                sock.shutdown(std::net::Shutdown::Both).ok();
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let f = fetcher(dir.path(), quick());
+        let path = f
+            .fetch(item(format!("http://127.0.0.1:{port}/x"), &content))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), content);
+        assert_eq!(f.stats().requests, 3);
+        server.join().unwrap();
+        assert!(tmp_is_empty(f.cas()), "partial downloads left behind");
     }
 
     #[tokio::test]
