@@ -126,6 +126,14 @@ pub enum FetchError {
         /// The underlying error.
         source: io::Error,
     },
+    /// Writing downloaded bytes failed (disk full, permissions).
+    #[error("{url}: writing download: {source}")]
+    Write {
+        /// The URL being downloaded.
+        url: String,
+        /// The underlying error.
+        source: io::Error,
+    },
     /// The cache could not be written or read.
     #[error("cache, while fetching {url}: {source}")]
     Cache {
@@ -143,7 +151,7 @@ pub enum FetchError {
 pub trait FetchProgress: Send + Sync {
     /// A batch starts: item count and total known bytes.
     fn begin(&self, items: usize, bytes: u64);
-    /// Bytes arrived from the network.
+    /// Bytes arrived from the network (or were found in the cache); retried bytes count again.
     fn advance(&self, bytes: u64);
     /// An item is in the cache, downloaded or found there already.
     fn item_done(&self, label: &str, cached: bool);
@@ -282,6 +290,8 @@ impl Fetcher {
         progress: &dyn FetchProgress,
     ) -> Result<PathBuf, FetchError> {
         if self.cached(item).await? {
+            // Count cached bytes too, so a progress bar sized by `begin` reaches its end.
+            progress.advance(item.size.unwrap_or(0));
             progress.item_done(&item.label, true);
             return Ok(self.cas.path(&item.sha256));
         }
@@ -299,7 +309,7 @@ impl Fetcher {
                         .map_err(|source| self.cache_err(url, source))?;
                     match self.download_once(url, &mut w, item.size, progress).await {
                         Ok(()) => {
-                            self.commit(url, w, &item.sha256)?;
+                            commit_to(url, w, &item.sha256)?;
                             break;
                         }
                         Err(f) => self.pause_or_fail(url, attempt, f).await?,
@@ -349,15 +359,6 @@ impl Fetcher {
                 path: PathBuf::from(&item.url),
                 source: io::Error::other(e),
             })?
-    }
-
-    fn commit(
-        &self,
-        url: &str,
-        w: crate::cache::CasWriter,
-        expected: &Sha256Digest,
-    ) -> Result<(), FetchError> {
-        commit_to(url, w, expected)
     }
 
     fn ensure_online(&self, url: &str) -> Result<(), FetchError> {
