@@ -350,3 +350,31 @@ async fn keyring_without_debian_keys_refuses_the_real_mirror() {
     );
     assert!(msg.contains(&removed.display().to_string()), "{msg}");
 }
+
+#[tokio::test]
+async fn host_candidates_fall_through_to_a_verified_mirror() {
+    let (archive, _) = discovered();
+    let srv = serve(HashMap::new(), None);
+    let apt = tempfile::tempdir().unwrap();
+    let list = format!("deb {} trixie main\ndeb {archive} trixie main\n", srv.base);
+    std::fs::write(apt.path().join("sources.list"), list).unwrap();
+    let ctx = HostContext {
+        env: sources::MirrorEnv::default(),
+        apt_dir: apt.path().to_path_buf(),
+        now: time::OffsetDateTime::now_utc(),
+    };
+    let f = fetcher(shared_cas(), false);
+    let idx = repo::load_with(
+        &spec("trixie", MirrorConfig::default(), false, false),
+        &f,
+        &ctx,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(idx.suites[0].base_url, archive);
+    assert_eq!(
+        srv.hits.load(Ordering::SeqCst),
+        1,
+        "the 404 candidate was not tried first"
+    );
+}

@@ -650,6 +650,11 @@ TwH6vGQ26BLhAPR1CPuC5MS06YzkDgE=
             panic!("{DEFAULT_KEYRING} is required (package debian-archive-keyring): {e}")
         });
         assert!(ring.fingerprints().len() >= 3, "{:?}", ring.fingerprints());
+        let err = Keyring::load(Path::new("/nonexistent/keyring.gpg")).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/keyring.gpg"),
+            "{err}"
+        );
         let err = Keyring::from_bytes(b"not a key", Path::new("junk.gpg")).unwrap_err();
         assert!(err.to_string().contains("junk.gpg"), "{err}");
     }

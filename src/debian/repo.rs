@@ -186,7 +186,14 @@ pub async fn load_with(
     fetcher: &Fetcher,
     ctx: &HostContext,
 ) -> Result<RepoIndexes, RepoError> {
-    let host = sources::read_apt_sources(&ctx.apt_dir)?;
+    let explicit =
+        spec.mirror.mirror.is_some() || spec.mirror.snapshot.is_some() || ctx.env.mirror.is_some();
+    let host = match sources::read_apt_sources(&ctx.apt_dir) {
+        Ok(h) => h,
+        // A broken, unrelated host file must not fail a build whose mirror is configured.
+        Err(_) if explicit => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     let mirrors = sources::discover(&spec.mirror, &ctx.env, &host, &ctx.apt_dir)?;
     let keyring_path = spec
         .keyring
@@ -471,5 +478,33 @@ mod tests {
             deb_url("http://mirror.example/debian", "pool/x.deb"),
             "http://mirror.example/debian/pool/x.deb"
         );
+    }
+
+    #[tokio::test]
+    async fn missing_mirror_says_what_to_set() {
+        let apt = tempfile::tempdir().unwrap();
+        let cas = crate::cache::Cas::open(apt.path().join("cas")).unwrap();
+        let f = Fetcher::new(cas, crate::fetch::FetchOptions::default()).unwrap();
+        let ctx = HostContext {
+            env: MirrorEnv::default(),
+            apt_dir: apt.path().to_path_buf(),
+            now: OffsetDateTime::now_utc(),
+        };
+        let spec = RepoSpec {
+            suite: "trixie".into(),
+            components: vec!["main".into()],
+            archs: vec!["amd64".into()],
+            updates: false,
+            security: true,
+            mirror: MirrorConfig::default(),
+            keyring: None,
+        };
+        let err = load_with(&spec, &f, &ctx).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("HAKIM_DEBIAN_MIRROR=<url of a Debian archive>"),
+            "{err}"
+        );
+        assert_eq!(f.stats().requests, 0);
     }
 }
