@@ -14,11 +14,17 @@ pub enum CasError {
     Io { path: PathBuf, source: io::Error },
     /// Content did not hash to what the caller expected.
     #[error("content hashes to {actual}, expected {expected}")]
-    Mismatch { expected: Sha256Digest, actual: Sha256Digest },
+    Mismatch {
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CasError + '_ {
-    move |source| CasError::Io { path: path.to_path_buf(), source }
+    move |source| CasError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A directory of blobs at `<root>/sha256/<hex>`, written atomically.
@@ -72,7 +78,10 @@ impl Cas {
         let dir = self.root.join("tmp");
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
-        Ok(CasWriter { cas: self.clone(), inner: HashingWriter::new(BufWriter::new(tmp)) })
+        Ok(CasWriter {
+            cas: self.clone(),
+            inner: HashingWriter::new(BufWriter::new(tmp)),
+        })
     }
 
     /// Store bytes and return their digest.
@@ -103,7 +112,10 @@ impl CasWriter {
         if let Some(expected) = expected
             && *expected != digest
         {
-            return Err(CasError::Mismatch { expected: *expected, actual: digest });
+            return Err(CasError::Mismatch {
+                expected: *expected,
+                actual: digest,
+            });
         }
         let dest = self.cas.path(&digest);
         tmp.as_file().sync_data().map_err(io_err(&dest))?;

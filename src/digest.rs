@@ -97,12 +97,20 @@ pub struct HashingWriter<W> {
 impl<W: Write> HashingWriter<W> {
     /// Wrap `inner`.
     pub fn new(inner: W) -> Self {
-        Self { inner, hasher: Sha256::new(), len: 0 }
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
     }
 
     /// The digest and byte count so far, and the inner writer.
     pub fn finish(self) -> (Sha256Digest, u64, W) {
-        (Sha256Digest(self.hasher.finalize().into()), self.len, self.inner)
+        (
+            Sha256Digest(self.hasher.finalize().into()),
+            self.len,
+            self.inner,
+        )
     }
 
     /// The inner writer.

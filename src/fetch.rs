@@ -1,1 +1,924 @@
-//! (in progress)
+//! Parallel, retrying, sha256-verified downloads into the content-addressed store.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::Semaphore;
+
+use crate::cache::{Cas, CasError};
+use crate::digest::Sha256Digest;
+
+/// How a [`Fetcher`] behaves.
+#[derive(Clone, Debug)]
+pub struct FetchOptions {
+    /// Maximum number of downloads in flight at once.
+    pub concurrency: usize,
+    /// Retries after the first attempt on transient failures.
+    pub retries: u32,
+    /// Refuse every network request; only cache hits and local files succeed.
+    pub offline: bool,
+    /// Time allowed to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed between two reads of a response.
+    pub read_timeout: Duration,
+    /// First retry delay; doubled per attempt, with jitter.
+    pub backoff: Duration,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            retries: 4,
+            offline: false,
+            connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs(60),
+            backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One file to fetch: where from and what it must hash to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchItem {
+    /// http(s) URL, `file://` URL or local path.
+    pub url: String,
+    /// Expected SHA-256 of the content.
+    pub sha256: Sha256Digest,
+    /// Expected size, when known (used for progress and to stop oversized bodies early).
+    pub size: Option<u64>,
+    /// Short human name for progress output.
+    pub label: String,
+}
+
+/// Counters of network activity since the fetcher was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetchStats {
+    /// HTTP requests sent (every attempt counts).
+    pub requests: u64,
+    /// Response body bytes received.
+    pub bytes: u64,
+}
+
+/// Errors from fetching.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// A network request was needed while offline.
+    #[error("offline: {url} is not in the cache")]
+    Offline {
+        /// The URL that would have been requested.
+        url: String,
+    },
+    /// The server answered with a non-retryable status.
+    #[error("GET {url}: HTTP {status}")]
+    Status {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// Transient failures persisted through every retry.
+    #[error("GET {url}: giving up after {attempts} attempts: {reason}")]
+    Network {
+        /// The URL requested.
+        url: String,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The last failure.
+        reason: String,
+    },
+    /// The content did not hash to the expected digest.
+    #[error("{url}: sha256 mismatch: expected {expected}, got {actual}")]
+    Mismatch {
+        /// Where the content came from.
+        url: String,
+        /// The digest the caller asked for.
+        expected: Sha256Digest,
+        /// The digest of what arrived.
+        actual: Sha256Digest,
+    },
+    /// The content is longer than the expected size.
+    #[error("{url}: body exceeds the expected {expected} bytes")]
+    TooLarge {
+        /// Where the content came from.
+        url: String,
+        /// The size the caller announced.
+        expected: u64,
+    },
+    /// The URL has an unsupported form.
+    #[error("{url}: unsupported URL: {reason}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// Why it is not usable.
+        reason: String,
+    },
+    /// A local source file could not be read.
+    #[error("{path}: {source}")]
+    Local {
+        /// The local file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Writing downloaded bytes failed (disk full, permissions).
+    #[error("{url}: writing download: {source}")]
+    Write {
+        /// The URL being downloaded.
+        url: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The cache could not be written or read.
+    #[error("cache, while fetching {url}: {source}")]
+    Cache {
+        /// The URL being fetched.
+        url: String,
+        /// The store error.
+        source: CasError,
+    },
+    /// The HTTP client could not be built.
+    #[error("HTTP client setup: {0}")]
+    Client(String),
+}
+
+/// Receives progress of [`Fetcher::fetch_all`].
+pub trait FetchProgress: Send + Sync {
+    /// A batch starts: item count and total known bytes.
+    fn begin(&self, items: usize, bytes: u64);
+    /// Bytes arrived from the network (or were found in the cache); retried bytes count again.
+    fn advance(&self, bytes: u64);
+    /// An item is in the cache, downloaded or found there already.
+    fn item_done(&self, label: &str, cached: bool);
+}
+
+/// Progress sink that ignores everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoProgress;
+
+impl FetchProgress for NoProgress {
+    fn begin(&self, _items: usize, _bytes: u64) {}
+    fn advance(&self, _bytes: u64) {}
+    fn item_done(&self, _label: &str, _cached: bool) {}
+}
+
+/// Downloads into a [`Cas`] with bounded concurrency, retries and verification.
+pub struct Fetcher {
+    cas: Cas,
+    opts: FetchOptions,
+    client: reqwest::Client,
+    slots: Semaphore,
+    requests: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// Outcome of one failed attempt.
+enum Failure {
+    /// Worth retrying, possibly after a server-given delay.
+    Transient {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// Retrying cannot help.
+    Fatal(FetchError),
+}
+
+/// Where an item's bytes come from.
+enum Source<'a> {
+    Http(&'a str),
+    Local(PathBuf),
+}
+
+/// Longest delay between attempts, whatever the server asks.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+
+impl Fetcher {
+    /// A fetcher storing into `cas`.
+    pub fn new(cas: Cas, opts: FetchOptions) -> Result<Self, FetchError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            .read_timeout(opts.read_timeout)
+            .user_agent(concat!("hakim/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetchError::Client(e.to_string()))?;
+        let slots = Semaphore::new(opts.concurrency.max(1));
+        Ok(Self {
+            cas,
+            opts,
+            client,
+            slots,
+            requests: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        })
+    }
+
+    /// The store this fetcher fills.
+    pub fn cas(&self) -> &Cas {
+        &self.cas
+    }
+
+    /// The options in effect.
+    pub fn options(&self) -> &FetchOptions {
+        &self.opts
+    }
+
+    /// Network counters so far.
+    pub fn stats(&self) -> FetchStats {
+        FetchStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Make `item` present and verified in the cache; returns its blob path.
+    pub async fn fetch(&self, item: FetchItem) -> Result<PathBuf, FetchError> {
+        self.fetch_one(&item, &NoProgress).await
+    }
+
+    /// Fetch many items, at most `concurrency` at a time; paths come back in input order.
+    pub async fn fetch_all(
+        &self,
+        items: Vec<FetchItem>,
+        progress: &dyn FetchProgress,
+    ) -> Result<Vec<PathBuf>, FetchError> {
+        let bytes = items.iter().filter_map(|i| i.size).sum();
+        progress.begin(items.len(), bytes);
+        let width = self.opts.concurrency.max(1);
+        futures::stream::iter(items.iter().map(|item| self.fetch_one(item, progress)))
+            .buffered(width)
+            .try_collect()
+            .await
+    }
+
+    /// Uncached GET of a small document (e.g. InRelease), with retries.
+    pub async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+        match classify(url)? {
+            Source::Local(path) => {
+                let p = path.clone();
+                tokio::task::spawn_blocking(move || std::fs::read(&p))
+                    .await
+                    .map_err(|e| FetchError::Local {
+                        path: path.clone(),
+                        source: io::Error::other(e),
+                    })?
+                    .map_err(|source| FetchError::Local { path, source })
+            }
+            Source::Http(url) => {
+                self.ensure_online(url)?;
+                let _slot = self.slots.acquire().await.expect("semaphore never closed");
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let mut body = Vec::new();
+                    match self.download_once(url, &mut body, None, &NoProgress).await {
+                        Ok(()) => return Ok(body),
+                        Err(f) => self.pause_or_fail(url, attempt, f).await?,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fetch_one(
+        &self,
+        item: &FetchItem,
+        progress: &dyn FetchProgress,
+    ) -> Result<PathBuf, FetchError> {
+        if self.cached(item).await? {
+            // Count cached bytes too, so a progress bar sized by `begin` reaches its end.
+            progress.advance(item.size.unwrap_or(0));
+            progress.item_done(&item.label, true);
+            return Ok(self.cas.path(&item.sha256));
+        }
+        match classify(&item.url)? {
+            Source::Local(path) => self.copy_local(item, path).await?,
+            Source::Http(url) => {
+                self.ensure_online(url)?;
+                let _slot = self.slots.acquire().await.expect("semaphore never closed");
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let mut w = self
+                        .cas
+                        .writer()
+                        .map_err(|source| self.cache_err(url, source))?;
+                    match self.download_once(url, &mut w, item.size, progress).await {
+                        Ok(()) => {
+                            commit_to(url, w, &item.sha256)?;
+                            break;
+                        }
+                        Err(f) => self.pause_or_fail(url, attempt, f).await?,
+                    }
+                }
+            }
+        }
+        progress.item_done(&item.label, false);
+        Ok(self.cas.path(&item.sha256))
+    }
+
+    /// Whether a verified copy is present; a corrupt copy is removed.
+    async fn cached(&self, item: &FetchItem) -> Result<bool, FetchError> {
+        let cas = self.cas.clone();
+        let digest = item.sha256;
+        tokio::task::spawn_blocking(move || cas.verify(&digest))
+            .await
+            .map_err(|e| FetchError::Local {
+                path: self.cas.path(&digest),
+                source: io::Error::other(e),
+            })?
+            .map_err(|source| self.cache_err(&item.url, source))
+    }
+
+    async fn copy_local(&self, item: &FetchItem, path: PathBuf) -> Result<(), FetchError> {
+        let cas = self.cas.clone();
+        let expected = item.sha256;
+        let url = item.url.clone();
+        let job = move || -> Result<(), FetchError> {
+            let mut file = std::fs::File::open(&path).map_err(|source| FetchError::Local {
+                path: path.clone(),
+                source,
+            })?;
+            let mut w = cas.writer().map_err(|source| FetchError::Cache {
+                url: url.clone(),
+                source,
+            })?;
+            io::copy(&mut file, &mut w).map_err(|source| FetchError::Local {
+                path: path.clone(),
+                source,
+            })?;
+            commit_to(&url, w, &expected)
+        };
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| FetchError::Local {
+                path: PathBuf::from(&item.url),
+                source: io::Error::other(e),
+            })?
+    }
+
+    fn ensure_online(&self, url: &str) -> Result<(), FetchError> {
+        if self.opts.offline {
+            return Err(FetchError::Offline {
+                url: url.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn cache_err(&self, url: &str, source: CasError) -> FetchError {
+        FetchError::Cache {
+            url: url.to_string(),
+            source,
+        }
+    }
+
+    /// One GET streamed into `sink`; classifies every failure.
+    async fn download_once(
+        &self,
+        url: &str,
+        sink: &mut dyn Write,
+        limit: Option<u64>,
+        progress: &dyn FetchProgress,
+    ) -> Result<(), Failure> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = self.client.get(url).send().await.map_err(|e| {
+            if e.is_builder() {
+                Failure::Fatal(FetchError::BadUrl {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })
+            } else {
+                Failure::Transient {
+                    reason: error_chain(&e),
+                    after: None,
+                }
+            }
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let code = status.as_u16();
+            if code == 408 || code == 429 || status.is_server_error() {
+                let after = retry_after(&resp);
+                return Err(Failure::Transient {
+                    reason: format!("HTTP {code}"),
+                    after,
+                });
+            }
+            return Err(Failure::Fatal(FetchError::Status {
+                url: url.to_string(),
+                status: code,
+            }));
+        }
+        let mut received = 0u64;
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Failure::Transient {
+                reason: error_chain(&e),
+                after: None,
+            })?;
+            let n = chunk.len() as u64;
+            received += n;
+            self.bytes.fetch_add(n, Ordering::Relaxed);
+            if let Some(limit) = limit
+                && received > limit
+            {
+                return Err(Failure::Fatal(FetchError::TooLarge {
+                    url: url.to_string(),
+                    expected: limit,
+                }));
+            }
+            sink.write_all(&chunk).map_err(|source| {
+                Failure::Fatal(FetchError::Local {
+                    path: PathBuf::from("<download buffer>"),
+                    source,
+                })
+            })?;
+            progress.advance(n);
+        }
+        Ok(())
+    }
+
+    /// Sleep before the next attempt, or turn the failure into the final error.
+    async fn pause_or_fail(
+        &self,
+        url: &str,
+        attempt: u32,
+        failure: Failure,
+    ) -> Result<(), FetchError> {
+        let (reason, after) = match failure {
+            Failure::Fatal(e) => return Err(e),
+            Failure::Transient { reason, after } => (reason, after),
+        };
+        if attempt > self.opts.retries {
+            return Err(FetchError::Network {
+                url: url.to_string(),
+                attempts: attempt,
+                reason,
+            });
+        }
+        let delay = after
+            .unwrap_or_else(|| backoff(self.opts.backoff, attempt))
+            .min(MAX_DELAY);
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+}
+
+fn commit_to(
+    url: &str,
+    w: crate::cache::CasWriter,
+    expected: &Sha256Digest,
+) -> Result<(), FetchError> {
+    match w.commit(Some(expected)) {
+        Ok(_) => Ok(()),
+        Err(CasError::Mismatch { expected, actual }) => Err(FetchError::Mismatch {
+            url: url.to_string(),
+            expected,
+            actual,
+        }),
+        Err(source) => Err(FetchError::Cache {
+            url: url.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Decide how to read `url`.
+fn classify(url: &str) -> Result<Source<'_>, FetchError> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(Source::Http(url));
+    }
+    if let Some(rest) = url.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(FetchError::BadUrl {
+                url: url.to_string(),
+                reason: "file:// URLs need an absolute path".into(),
+            });
+        }
+        return Ok(Source::Local(PathBuf::from(rest)));
+    }
+    if url.contains("://") {
+        return Err(FetchError::BadUrl {
+            url: url.to_string(),
+            reason: "only http, https, file:// and local paths are supported".into(),
+        });
+    }
+    Ok(Source::Local(Path::new(url).to_path_buf()))
+}
+
+/// Exponential delay with up to 50% random jitter, so parallel clients do not retry in lockstep.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(10));
+    let jitter = RandomState::new().build_hasher().finish() % 1000;
+    exp + exp.mul_f64(jitter as f64 / 2000.0)
+}
+
+/// A `Retry-After` given in seconds (HTTP dates are rare from mirrors and fall back to backoff).
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let value = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The error and its causes on one line (reqwest hides the useful part in `source()`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Instant;
+
+    #[test]
+    fn classifies_urls() {
+        assert!(matches!(
+            classify("https://mirror.example/x"),
+            Ok(Source::Http(_))
+        ));
+        assert!(
+            matches!(classify("file:///tmp/x"), Ok(Source::Local(p)) if p == Path::new("/tmp/x"))
+        );
+        assert!(matches!(classify("rel/x"), Ok(Source::Local(_))));
+        assert!(matches!(
+            classify("ftp://mirror.example/x"),
+            Err(FetchError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            classify("file://rel"),
+            Err(FetchError::BadUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        let base = Duration::from_millis(100);
+        let first = backoff(base, 1);
+        assert!(first >= base && first <= base.mul_f64(1.5));
+        let third = backoff(base, 3);
+        assert!(third >= base * 4 && third <= (base * 4).mul_f64(1.5));
+    }
+
+    /// What the test server does with one request.
+    enum Reply {
+        Body(Vec<u8>),
+        Status(u16, Option<u64>),
+        /// Announce more bytes than sent, then stall until the client's read timeout.
+        Stall(Vec<u8>),
+    }
+
+    type Handler = dyn Fn(usize, &str) -> Reply + Send + Sync;
+
+    /// A 127.0.0.1 HTTP server that counts requests and the peak number in flight.
+    struct TestServer {
+        base: String,
+        hits: Arc<AtomicUsize>,
+        peak: Arc<AtomicUsize>,
+        _server: Arc<tiny_http::Server>,
+    }
+
+    fn serve(delay: Duration, handler: Arc<Handler>) -> TestServer {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let port = server.server_addr().to_ip().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let current = Arc::new(AtomicUsize::new(0));
+        let (srv, h, p) = (server.clone(), hits.clone(), peak.clone());
+        std::thread::spawn(move || {
+            for req in srv.incoming_requests() {
+                let n = h.fetch_add(1, Ordering::SeqCst);
+                let (handler, p, current) = (handler.clone(), p.clone(), current.clone());
+                std::thread::spawn(move || {
+                    let now = current.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(delay);
+                    let reply = handler(n, req.url());
+                    current.fetch_sub(1, Ordering::SeqCst);
+                    let _ = match reply {
+                        Reply::Body(b) => req.respond(tiny_http::Response::from_data(b)),
+                        Reply::Status(code, after) => {
+                            let mut r = tiny_http::Response::empty(code);
+                            if let Some(s) = after {
+                                let h = tiny_http::Header::from_bytes("Retry-After", s.to_string())
+                                    .unwrap();
+                                r.add_header(h);
+                            }
+                            req.respond(r)
+                        }
+                        Reply::Stall(b) => {
+                            let close =
+                                tiny_http::Header::from_bytes("Connection", "close").unwrap();
+                            let len = b.len() + 1000;
+                            let r = tiny_http::Response::new(
+                                200.into(),
+                                vec![close],
+                                &b[..],
+                                Some(len),
+                                None,
+                            );
+                            req.respond(r)
+                        }
+                    };
+                });
+            }
+        });
+        TestServer {
+            base: format!("http://127.0.0.1:{port}"),
+            hits,
+            peak,
+            _server: server,
+        }
+    }
+
+    fn fetcher(dir: &Path, opts: FetchOptions) -> Fetcher {
+        Fetcher::new(Cas::open(dir).unwrap(), opts).unwrap()
+    }
+
+    fn quick() -> FetchOptions {
+        FetchOptions {
+            backoff: Duration::from_millis(10),
+            read_timeout: Duration::from_secs(3),
+            ..FetchOptions::default()
+        }
+    }
+
+    fn item(url: String, content: &[u8]) -> FetchItem {
+        FetchItem {
+            url,
+            sha256: Sha256Digest::of(content),
+            size: Some(content.len() as u64),
+            label: "x".into(),
+        }
+    }
+
+    fn tmp_is_empty(cas: &Cas) -> bool {
+        match std::fs::read_dir(cas.root().join("tmp")) {
+            Ok(mut d) => d.next().is_none(),
+            Err(_) => true,
+        }
+    }
+
+    #[tokio::test]
+    async fn survives_503_429_and_stalled_bodies() {
+        let content = b"hello from the mirror".repeat(100);
+        let body = content.clone();
+        let srv = serve(
+            Duration::ZERO,
+            Arc::new(move |n, _| match n {
+                0 => Reply::Status(503, None),
+                1 => Reply::Status(429, Some(1)),
+                2 => Reply::Stall(body[..50].to_vec()),
+                _ => Reply::Body(body.clone()),
+            }),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = fetcher(
+            dir.path(),
+            FetchOptions {
+                read_timeout: Duration::from_millis(500),
+                ..quick()
+            },
+        );
+        let start = Instant::now();
+        let path = f
+            .fetch(item(format!("{}/a", srv.base), &content))
+            .await
+            .unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_secs(1),
+            "Retry-After: 1 was not honoured"
+        );
+        assert_eq!(std::fs::read(path).unwrap(), content);
+        assert_eq!(f.stats().requests, 4);
+        assert_eq!(srv.hits.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn retries_connections_dropped_mid_body() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let content = b"0123456789".repeat(50);
+        let body = content.clone();
+        let server = std::thread::spawn(move || {
+            for n in 0..3 {
+                let (mut sock, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).unwrap();
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                sock.write_all(head.as_bytes()).unwrap();
+                // The first two connections die after a few bytes.
+                let end = if n < 2 { 7 } else { body.len() };
+                sock.write_all(&body[..end]).unwrap();
+                sock.shutdown(std::net::Shutdown::Both).ok();
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let f = fetcher(dir.path(), quick());
+        let path = f
+            .fetch(item(format!("http://127.0.0.1:{port}/x"), &content))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), content);
+        assert_eq!(f.stats().requests, 3);
+        server.join().unwrap();
+        assert!(tmp_is_empty(f.cas()), "partial downloads left behind");
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_retries_and_fails_fast_on_404() {
+        let srv = serve(
+            Duration::ZERO,
+            Arc::new(|_, url: &str| {
+                if url == "/missing" {
+                    Reply::Status(404, None)
+                } else {
+                    Reply::Status(502, None)
+                }
+            }),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = fetcher(
+            dir.path(),
+            FetchOptions {
+                retries: 2,
+                ..quick()
+            },
+        );
+        let url = format!("{}/flaky", srv.base);
+        let err = f.fetch(item(url.clone(), b"x")).await.unwrap_err();
+        assert!(
+            matches!(err, FetchError::Network { attempts: 3, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&url) && err.to_string().contains("HTTP 502"),
+            "{err}"
+        );
+        assert_eq!(f.stats().requests, 3);
+
+        let url = format!("{}/missing", srv.base);
+        let err = f.get(&url).await.unwrap_err();
+        assert!(
+            matches!(err, FetchError::Status { status: 404, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&url), "{err}");
+        assert_eq!(f.stats().requests, 4);
+    }
+
+    #[tokio::test]
+    async fn wrong_content_is_refused_and_not_cached() {
+        let srv = serve(
+            Duration::ZERO,
+            Arc::new(|_, _: &str| Reply::Body(b"evil bytes".to_vec())),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = fetcher(dir.path(), quick());
+        let want = b"good bytes";
+        let url = format!("{}/pkg.deb", srv.base);
+        let err = f.fetch(item(url.clone(), want)).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, FetchError::Mismatch { .. }), "{msg}");
+        assert!(msg.contains(&url), "{msg}");
+        assert!(msg.contains(&Sha256Digest::of(want).hex()), "{msg}");
+        assert!(
+            msg.contains(&Sha256Digest::of(b"evil bytes").hex()),
+            "{msg}"
+        );
+        assert!(!f.cas().contains(&Sha256Digest::of(want)));
+        assert!(!f.cas().contains(&Sha256Digest::of(b"evil bytes")));
+        assert!(tmp_is_empty(f.cas()));
+        // A mismatch is not transient: exactly one request.
+        assert_eq!(f.stats().requests, 1);
+    }
+
+    #[tokio::test]
+    async fn corrupt_cache_entry_is_refetched_and_offline_uses_cache_only() {
+        let content = b"cached content".to_vec();
+        let body = content.clone();
+        let srv = serve(
+            Duration::ZERO,
+            Arc::new(move |_, _: &str| Reply::Body(body.clone())),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = fetcher(dir.path(), quick());
+        let it = item(format!("{}/c", srv.base), &content);
+        let path = f.fetch(it.clone()).await.unwrap();
+        f.fetch(it.clone()).await.unwrap();
+        assert_eq!(f.stats().requests, 1, "second fetch should be a cache hit");
+
+        std::fs::write(&path, b"bit rot").unwrap();
+        f.fetch(it.clone()).await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), content);
+        assert_eq!(f.stats().requests, 2);
+
+        let off = fetcher(
+            dir.path(),
+            FetchOptions {
+                offline: true,
+                ..quick()
+            },
+        );
+        off.fetch(it.clone()).await.unwrap();
+        let missing = item(format!("{}/other", srv.base), b"not here");
+        let err = off.fetch(missing).await.unwrap_err();
+        assert!(err.to_string().starts_with("offline: "), "{err}");
+        assert!(
+            err.to_string().contains("/other is not in the cache"),
+            "{err}"
+        );
+        let err = off
+            .get(&format!("{}/InRelease", srv.base))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Offline { .. }));
+        assert_eq!(off.stats().requests, 0);
+        assert_eq!(srv.hits.load(Ordering::SeqCst), 2);
+    }
+
+    struct Recorder(Mutex<Vec<(String, bool)>>, AtomicU64);
+    impl FetchProgress for Recorder {
+        fn begin(&self, _items: usize, bytes: u64) {
+            self.1.store(bytes, Ordering::SeqCst);
+        }
+        fn advance(&self, _bytes: u64) {}
+        fn item_done(&self, label: &str, cached: bool) {
+            self.0.lock().unwrap().push((label.to_string(), cached));
+        }
+    }
+
+    #[tokio::test]
+    async fn fetch_all_respects_concurrency_and_keeps_order() {
+        let srv = serve(
+            Duration::from_millis(150),
+            Arc::new(|_, url: &str| Reply::Body(url.as_bytes().to_vec())),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = fetcher(
+            dir.path(),
+            FetchOptions {
+                concurrency: 3,
+                ..quick()
+            },
+        );
+        let local = dir.path().join("local.bin");
+        std::fs::write(&local, b"local file").unwrap();
+        let mut items: Vec<FetchItem> = (0..10)
+            .map(|i| {
+                let path = format!("/f{i}");
+                FetchItem {
+                    label: path.clone(),
+                    ..item(format!("{}{path}", srv.base), path.as_bytes())
+                }
+            })
+            .collect();
+        items.push(FetchItem {
+            label: "local".into(),
+            ..item(format!("file://{}", local.display()), b"local file")
+        });
+        let rec = Recorder(Mutex::new(Vec::new()), AtomicU64::new(0));
+        let paths = f.fetch_all(items.clone(), &rec).await.unwrap();
+        for (p, it) in paths.iter().zip(&items) {
+            assert_eq!(Sha256Digest::of(&std::fs::read(p).unwrap()), it.sha256);
+        }
+        let peak = srv.peak.load(Ordering::SeqCst);
+        assert!(
+            peak <= 3,
+            "peak {peak} requests in flight with concurrency 3"
+        );
+        assert!(peak >= 2, "downloads did not overlap (peak {peak})");
+        assert_eq!(rec.0.lock().unwrap().len(), 11);
+        assert_eq!(
+            rec.1.load(Ordering::SeqCst),
+            items.iter().map(|i| i.size.unwrap()).sum::<u64>()
+        );
+
+        let again = f.fetch_all(items, &rec).await.unwrap();
+        assert_eq!(again, paths);
+        assert!(
+            rec.0.lock().unwrap()[11..]
+                .iter()
+                .all(|(_, cached)| *cached)
+        );
+        assert_eq!(f.stats().requests, 10);
+    }
+}

@@ -80,7 +80,8 @@ pub fn parse(text: &str) -> Result<Vec<Paragraph>, ControlError> {
         if cur.fields.is_empty() {
             cur.line = idx + 1;
         }
-        cur.fields.push((name.trim().to_string(), value.trim().to_string()));
+        cur.fields
+            .push((name.trim().to_string(), value.trim().to_string()));
     }
     if !cur.fields.is_empty() {
         out.push(cur);
@@ -89,7 +90,10 @@ pub fn parse(text: &str) -> Result<Vec<Paragraph>, ControlError> {
 }
 
 fn bad(idx: usize, line: &str) -> ControlError {
-    ControlError { line: idx + 1, text: line.chars().take(80).collect() }
+    ControlError {
+        line: idx + 1,
+        text: line.chars().take(80).collect(),
+    }
 }
 
 /// Render paragraphs back to deb822 text (multi-line values are continued with a space).
@@ -125,7 +129,8 @@ mod tests {
 
     #[test]
     fn parses_paragraphs_and_continuations() {
-        let text = "Package: a\nDescription: short\n long\n .\n more\n\n\nPackage: b\r\nVersion: 1\n";
+        let text =
+            "Package: a\nDescription: short\n long\n .\n more\n\n\nPackage: b\r\nVersion: 1\n";
         let ps = parse(text).unwrap();
         assert_eq!(ps.len(), 2);
         assert_eq!(ps[0].get("package"), Some("a"));

@@ -4,6 +4,7 @@ pub mod control;
 pub mod index;
 pub mod relation;
 pub mod release;
+pub mod repo;
 pub mod resolve;
 pub mod sources;
 pub mod version;
