@@ -232,7 +232,19 @@ fn run_helper(
     if let Some(path) = &ctx.helper_path {
         cmd.env("PATH", path);
     }
-    let mut child = cmd.spawn().map_err(|e| err(format!("cannot run: {e}")))?;
+    // A helper just written by another thread of ours can be briefly "text file busy" while a
+    // concurrently forked child still holds the write descriptor; that passes in milliseconds.
+    let mut tries = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(c) => break c,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            Err(e) => return Err(err(format!("cannot run: {e}"))),
+        }
+    };
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(registry.as_bytes())

@@ -179,11 +179,14 @@ impl Target {
     }
 }
 
+/// A registry host and whether it is spoken to over plain HTTP.
+type RegistryKey = (String, bool);
+
 /// Pushes images, remembering across pushes which repository holds which blob so later pushes
 /// of the same process mount instead of uploading.
 pub struct Publisher {
     opts: PushOptions,
-    registries: Mutex<HashMap<(String, bool), (Arc<Registry>, CredentialOrigin)>>,
+    registries: Mutex<HashMap<RegistryKey, (Arc<Registry>, CredentialOrigin)>>,
     /// host → blob → repositories known to hold it.
     known: Mutex<HashMap<String, HashMap<Sha256Digest, Vec<String>>>>,
 }
@@ -290,7 +293,7 @@ impl Publisher {
 
         let mut blobs = plan.blobs.clone();
         // Biggest first, so the long uploads start early and overlap the small ones.
-        blobs.sort_by(|a, b| b.size.cmp(&a.size));
+        blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
         let outcomes: Vec<BlobOutcome> = futures::stream::iter(blobs.into_iter().map(|b| {
             let reg = reg.clone();
             let target = &target;

@@ -115,6 +115,11 @@ pub(crate) struct Registry {
     base: String,
     creds: Option<Credentials>,
     auth: Mutex<AuthState>,
+    /// Held by the first request while it learns the auth scheme, so parallel requests do not
+    /// all collect a 401 first.
+    discovery: tokio::sync::Mutex<bool>,
+    /// One token fetch at a time: parallel requests for the same scope share its result.
+    token_fetch: tokio::sync::Mutex<()>,
     retry: RetryPolicy,
     chunk_size: usize,
 }
@@ -172,6 +177,8 @@ impl Registry {
             base: format!("{scheme}://{host}"),
             creds,
             auth: Mutex::new(AuthState::default()),
+            discovery: tokio::sync::Mutex::new(false),
+            token_fetch: tokio::sync::Mutex::new(()),
             retry,
             chunk_size,
         })
@@ -234,8 +241,21 @@ impl Registry {
                 let token = match cached {
                     Some(t) => t,
                     None => {
-                        self.fetch_token(repo, &realm, service.as_deref(), scopes)
-                            .await?
+                        let _one = self.token_fetch.lock().await;
+                        let again = self
+                            .auth
+                            .lock()
+                            .unwrap()
+                            .tokens
+                            .get(&Self::scope_key(scopes))
+                            .cloned();
+                        match again {
+                            Some(t) => t,
+                            None => {
+                                self.fetch_token(repo, &realm, service.as_deref(), scopes)
+                                    .await?
+                            }
+                        }
                     }
                 };
                 Ok(Some(format!("Bearer {}", token.expose())))
@@ -344,6 +364,18 @@ impl Registry {
 
     /// Send once, doing the auth dance on 401; 401 after authenticating and 403 fail fast.
     async fn send(&self, repo: &str, req: &Req) -> Result<reqwest::Response> {
+        let mut discovered = self.discovery.lock().await;
+        if *discovered {
+            drop(discovered);
+            return self.send_inner(repo, req).await;
+        }
+        let result = self.send_inner(repo, req).await;
+        // Only an answered request teaches us the auth scheme; on failure the next one tries.
+        *discovered = result.is_ok();
+        result
+    }
+
+    async fn send_inner(&self, repo: &str, req: &Req) -> Result<reqwest::Response> {
         let auth = self.authorization(repo, &req.scopes).await?;
         let resp = self.send_once(req, auth.as_deref()).await?;
         let resp = if resp.status() == StatusCode::UNAUTHORIZED {
@@ -378,8 +410,8 @@ impl Registry {
             let auth2 = self.authorization(repo, &scopes).await?;
             if let Some(a) = &auth2 {
                 // Also file the token under the request's own scope set for the next request.
-                if a.starts_with("Bearer ") {
-                    let tok = Secret::new(&a["Bearer ".len()..]);
+                if let Some(tok) = a.strip_prefix("Bearer ") {
+                    let tok = Secret::new(tok);
                     self.auth
                         .lock()
                         .unwrap()
