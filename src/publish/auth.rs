@@ -246,9 +246,12 @@ fn run_helper(
         }
     };
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(registry.as_bytes())
-            .map_err(|e| err(e.to_string()))?;
+        // A helper that answers without reading stdin closes the pipe early; its exit says more.
+        if let Err(e) = stdin.write_all(registry.as_bytes())
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            return Err(err(e.to_string()));
+        }
     }
     let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
     if !out.status.success() {

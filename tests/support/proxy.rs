@@ -216,13 +216,7 @@ fn read_request(conn: &TcpStream) -> Option<Request> {
     })
 }
 
-fn respond(
-    conn: &mut TcpStream,
-    status: u16,
-    reason: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) {
+fn response(status: u16, reason: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
@@ -231,8 +225,9 @@ fn respond(
         out.push_str(&format!("{k}: {v}\r\n"));
     }
     out.push_str("\r\n");
-    let _ = conn.write_all(out.as_bytes());
-    let _ = conn.write_all(body);
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 fn handle(st: &State, mut conn: TcpStream) {
@@ -257,34 +252,44 @@ fn handle(st: &State, mut conn: TcpStream) {
         status: 0,
     };
     let fault = st.faults.lock().unwrap().pop_front();
-    match fault {
-        Some(Fault::Drop) => {
-            let _ = conn.shutdown(Shutdown::Both);
-        }
-        Some(Fault::Unavailable) => {
-            logged.status = 503;
-            respond(&mut conn, 503, "Service Unavailable", &[], b"");
-        }
-        Some(Fault::TooMany) => {
-            logged.status = 429;
-            respond(
-                &mut conn,
-                429,
-                "Too Many Requests",
-                &[("Retry-After", "1".into())],
-                b"",
-            );
-        }
-        None => logged.status = serve(st, &req, &path, &query, &mut conn),
-    }
+    let answer = match fault {
+        Some(Fault::Drop) => None,
+        Some(Fault::Unavailable) => Some(response(503, "Service Unavailable", &[], b"")),
+        Some(Fault::TooMany) => Some(response(
+            429,
+            "Too Many Requests",
+            &[("Retry-After", "1".into())],
+            b"",
+        )),
+        None => serve(st, &req, &path, &query),
+    };
+    logged.status = answer
+        .as_ref()
+        .and_then(|a| {
+            String::from_utf8_lossy(&a[..a.len().min(64)])
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    // Log and die before answering, so the client never sees a state the log does not show.
     let die = st.die_after.as_ref().is_some_and(|p| p(&logged));
     st.log.lock().unwrap().push(logged);
     if die {
-        Proxy::kill(st);
+        st.dead.store(true, Ordering::SeqCst);
+    }
+    if let Some(a) = answer {
+        let _ = conn.write_all(&a);
+    }
+    let _ = conn.shutdown(Shutdown::Both);
+    if die {
+        // Wake the accept loop so it drops the listener.
+        let _ = TcpStream::connect(st.addr);
     }
 }
 
-fn serve(st: &State, req: &Request, path: &str, query: &str, conn: &mut TcpStream) -> u16 {
+fn serve(st: &State, req: &Request, path: &str, query: &str) -> Option<Vec<u8>> {
     if let Some(b) = &st.bearer {
         if path == "/token" {
             let expected = format!(
@@ -295,24 +300,20 @@ fn serve(st: &State, req: &Request, path: &str, query: &str, conn: &mut TcpStrea
             if req.header("authorization") != Some(expected.as_str())
                 || !query.contains("scope=repository")
             {
-                respond(
-                    conn,
+                return Some(response(
                     401,
                     "Unauthorized",
                     &[],
                     br#"{"errors":[{"code":"DENIED"}]}"#,
-                );
-                return 401;
+                ));
             }
             let body = format!(r#"{{"token":"{}","expires_in":300}}"#, b.token);
-            respond(
-                conn,
+            return Some(response(
                 200,
                 "OK",
                 &[("Content-Type", "application/json".into())],
                 body.as_bytes(),
-            );
-            return 200;
+            ));
         }
         if req.header("authorization") != Some(format!("Bearer {}", b.token).as_str()) {
             let repo = path
@@ -324,24 +325,19 @@ fn serve(st: &State, req: &Request, path: &str, query: &str, conn: &mut TcpStrea
                 r#"Bearer realm="http://{}/token",service="mock-ghcr",scope="repository:{repo}:pull,push""#,
                 st.addr
             );
-            respond(
-                conn,
+            return Some(response(
                 401,
                 "Unauthorized",
                 &[("WWW-Authenticate", challenge)],
                 br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
-            );
-            return 401;
+            ));
         }
     }
-    forward(st, req, conn)
+    forward(st, req)
 }
 
-fn forward(st: &State, req: &Request, conn: &mut TcpStream) -> u16 {
-    let Ok(mut up) = TcpStream::connect(st.upstream) else {
-        let _ = conn.shutdown(Shutdown::Both);
-        return 0;
-    };
+fn forward(st: &State, req: &Request) -> Option<Vec<u8>> {
+    let mut up = TcpStream::connect(st.upstream).ok()?;
     let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.target);
     for (k, v) in &req.headers {
         if k.eq_ignore_ascii_case("connection")
@@ -352,23 +348,9 @@ fn forward(st: &State, req: &Request, conn: &mut TcpStream) -> u16 {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("Connection: close\r\n\r\n");
-    if up
-        .write_all(head.as_bytes())
-        .and_then(|_| up.write_all(&req.body))
-        .is_err()
-    {
-        return 0;
-    }
+    up.write_all(head.as_bytes()).ok()?;
+    up.write_all(&req.body).ok()?;
     let mut resp = Vec::new();
-    if up.read_to_end(&mut resp).is_err() {
-        return 0;
-    }
-    let status = String::from_utf8_lossy(&resp[..resp.len().min(64)])
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let _ = conn.write_all(&resp);
-    let _ = conn.shutdown(Shutdown::Both);
-    status
+    up.read_to_end(&mut resp).ok()?;
+    Some(resp)
 }
