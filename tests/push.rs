@@ -296,6 +296,7 @@ async fn dedupe_repush_shared_layers_and_changed_top_layer() {
 async fn transient_faults_are_retried() {
     let reg = TestRegistry::open();
     let faults = vec![
+        Fault::Stall(Duration::from_millis(1500)),
         Fault::Drop,
         Fault::Unavailable,
         Fault::TooMany,
@@ -307,6 +308,7 @@ async fn transient_faults_are_retried() {
     let tmp = tempfile::tempdir().unwrap();
     let (l, m) = single_arch(&tmp.path().join("l"), b"top");
     let o = PushOptions {
+        request_timeout: Duration::from_millis(500),
         concurrency: 1,
         retry: RetryPolicy {
             max_attempts: 8,
@@ -327,7 +329,8 @@ async fn transient_faults_are_retried() {
     let log = proxy.log();
     assert_eq!(log.iter().filter(|r| r.status == 429).count(), 2);
     assert_eq!(log.iter().filter(|r| r.status == 503).count(), 2);
-    assert_eq!(log.iter().filter(|r| r.status == 0).count(), 2);
+    // Two dropped connections and one read timeout.
+    assert_eq!(log.iter().filter(|r| r.status == 0).count(), 3);
     // Two `Retry-After: 1` were honoured.
     assert!(
         started.elapsed() >= Duration::from_secs(2),
@@ -375,6 +378,35 @@ async fn dying_proxy_fails_the_push_and_never_moves_the_tag() {
     // The tag still names the old image.
     assert_ne!(old_m.digest, new_m.digest);
     assert_remote_digest(&format!("{}/ns/x:stable", reg.host()), &old_m.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_push_fails_fast_naming_registry_and_repository() {
+    let reg = TestRegistry::open();
+    let proxy = Proxy::with_faults(reg.addr, vec![Fault::DenyWrites]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (l, _) = single_arch(&tmp.path().join("l"), b"top");
+    let started = Instant::now();
+    let err = push(
+        &l.dir,
+        "hakim-x:latest",
+        &format!("{}/ns/locked", proxy.host()),
+        &[],
+        &opts(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a 403 was retried"
+    );
+    assert!(matches!(err, PublishError::Denied { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&proxy.host()) && msg.contains("ns/locked") && msg.contains("DENIED"),
+        "{msg}"
+    );
+    assert!(proxy.log().iter().all(|r| r.manifest_put().is_none()));
 }
 
 fn assert_no_secret(secret: &str, texts: &[String]) {
@@ -595,6 +627,24 @@ async fn docker_config_auths_and_credential_helper() {
         (CredentialOrigin::CredentialHelper, m.digest)
     );
     assert_eq!(std::fs::read_to_string(&seen).unwrap(), reg.host());
+
+    // `credsStore` covers registries without their own entry.
+    let cfg_dir = tmp.path().join("docker-store");
+    std::fs::create_dir_all(&cfg_dir).unwrap();
+    let cfg = serde_json::json!({"credsStore": "hakimtest"});
+    std::fs::write(cfg_dir.join("config.json"), cfg.to_string()).unwrap();
+    let store = PushOptions {
+        credential_context: CredentialContext {
+            docker_config_dir: Some(cfg_dir),
+            helper_path: Some(path.clone().into()),
+            ..Default::default()
+        },
+        ..opts()
+    };
+    let r = push(&l.dir, "hakim-x:latest", &target, &tags(&["store"]), &store)
+        .await
+        .unwrap();
+    assert_eq!(r.auth, CredentialOrigin::CredentialHelper);
 
     // A helper that knows nothing leaves us anonymous, which this registry refuses.
     std::fs::write(

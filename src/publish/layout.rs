@@ -257,3 +257,75 @@ fn walk(
     plan.manifests.push(ManifestDoc { desc, bytes });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn put(dir: &Path, bytes: &[u8]) -> serde_json::Value {
+        let d = Sha256Digest::of(bytes);
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        fs::write(blob_path(dir, &d), bytes).unwrap();
+        json!({"digest": d.oci(), "size": bytes.len()})
+    }
+
+    /// A layout with one image whose manifest has `media_type`, named `name`.
+    fn layout(dir: &Path, media_type: &str, name: &str) -> Sha256Digest {
+        let mut config = put(dir, b"{}");
+        config["mediaType"] = json!("application/vnd.oci.image.config.v1+json");
+        let mut layer = put(dir, b"layer");
+        layer["mediaType"] = json!("application/vnd.oci.image.layer.v1.tar");
+        let manifest = json!({"schemaVersion": 2, "config": config, "layers": [layer, layer]});
+        let mut desc = put(dir, &serde_json::to_vec(&manifest).unwrap());
+        desc["mediaType"] = json!(media_type);
+        desc["annotations"] = json!({REF_NAME: name});
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        fs::write(
+            dir.join("index.json"),
+            json!({"schemaVersion": 2, "manifests": [desc]}).to_string(),
+        )
+        .unwrap();
+        desc["digest"].as_str().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn plans_blobs_once_and_the_manifest_last() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = layout(tmp.path(), MEDIA_MANIFEST, "hakim-base:latest");
+        let p = plan(tmp.path(), "hakim-base:latest").unwrap();
+        assert_eq!(p.blobs.len(), 2, "config + one layer listed twice");
+        assert_eq!(p.root().desc.digest, d);
+    }
+
+    #[test]
+    fn accepts_a_bare_tag_ref_name_and_lists_names_when_missing() {
+        let tmp = tempfile::tempdir().unwrap();
+        layout(tmp.path(), MEDIA_MANIFEST, "v1");
+        assert!(plan(tmp.path(), "whatever:v1").is_ok());
+        let e = plan(tmp.path(), "hakim-base:latest").unwrap_err();
+        assert!(e.to_string().contains("available: v1"), "{e}");
+    }
+
+    #[test]
+    fn rejects_docker_media_types_corruption_and_non_layouts() {
+        let tmp = tempfile::tempdir().unwrap();
+        layout(
+            tmp.path(),
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "x:1",
+        );
+        let e = plan(tmp.path(), "x:1").unwrap_err();
+        assert!(e.to_string().contains("only OCI image manifests"), "{e}");
+
+        let tmp = tempfile::tempdir().unwrap();
+        let d = layout(tmp.path(), MEDIA_MANIFEST, "x:1");
+        fs::write(blob_path(tmp.path(), &d), b"{}").unwrap();
+        let e = plan(tmp.path(), "x:1").unwrap_err();
+        assert!(e.to_string().contains("corrupt"), "{e}");
+
+        let empty = tempfile::tempdir().unwrap();
+        let e = plan(empty.path(), "x:1").unwrap_err();
+        assert!(e.to_string().contains("not an OCI image layout"), "{e}");
+    }
+}

@@ -406,6 +406,7 @@ impl Registry {
                 st.challenge = Some(challenge);
                 // A cached token was refused: it expired or lacks a scope.
                 st.tokens.remove(&Self::scope_key(&req.scopes));
+                st.tokens.remove(&Self::scope_key(&scopes));
             }
             let auth2 = self.authorization(repo, &scopes).await?;
             if let Some(a) = &auth2 {

@@ -19,6 +19,10 @@ pub enum Fault {
     Unavailable,
     /// Answer 429 with `Retry-After: 1`.
     TooMany,
+    /// Say nothing for this long, then close (a client read timeout must fire first).
+    Stall(Duration),
+    /// Answer 403 DENIED to every request that writes (POST/PUT/PATCH), forever.
+    DenyWrites,
 }
 
 /// One request seen by the proxy.
@@ -251,9 +255,26 @@ fn handle(st: &State, mut conn: TcpStream) {
         authorization: req.header("authorization").map(String::from),
         status: 0,
     };
-    let fault = st.faults.lock().unwrap().pop_front();
+    let fault = {
+        let mut faults = st.faults.lock().unwrap();
+        match faults.front() {
+            Some(Fault::DenyWrites) if req.method == "GET" || req.method == "HEAD" => None,
+            Some(Fault::DenyWrites) => Some(Fault::DenyWrites),
+            _ => faults.pop_front(),
+        }
+    };
     let answer = match fault {
         Some(Fault::Drop) => None,
+        Some(Fault::Stall(d)) => {
+            std::thread::sleep(d);
+            None
+        }
+        Some(Fault::DenyWrites) => Some(response(
+            403,
+            "Forbidden",
+            &[],
+            br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#,
+        )),
         Some(Fault::Unavailable) => Some(response(503, "Service Unavailable", &[], b"")),
         Some(Fault::TooMany) => Some(response(
             429,
