@@ -342,6 +342,39 @@ async fn transient_faults_are_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_chunk_resumes_the_upload_session() {
+    let reg = TestRegistry::open();
+    let proxy = Proxy::dropping_nth(reg.addr, "PATCH", 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut l = Layout::new(&tmp.path().join("layout"));
+    let m = l.image(
+        "amd64",
+        &[tar_layer(&[("opt/big", &noise(9 * 1024 * 1024, 11))])],
+    );
+    l.tag("hakim-x:latest", &m);
+    let r = push(
+        &l.dir,
+        "hakim-x:latest",
+        &format!("{}/ns/resume", proxy.host()),
+        &[],
+        &opts(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.digest, m.digest);
+    let log = proxy.log();
+    let count = |method: &str| log.iter().filter(|x| x.method == method).count();
+    // 3 chunks + the one resent; one session per blob (layer + config), never restarted.
+    assert_eq!(count("PATCH"), 4, "{log:#?}");
+    assert_eq!(count("POST"), 2, "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|x| x.method == "GET" && x.path.contains("/blobs/uploads/") && x.status == 204)
+    );
+    assert_remote_digest(&format!("{}/ns/resume:latest", reg.host()), &m.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dying_proxy_fails_the_push_and_never_moves_the_tag() {
     let reg = TestRegistry::open();
     let tmp = tempfile::tempdir().unwrap();

@@ -579,6 +579,7 @@ impl Registry {
             Some(read_chunk(0, size as usize)?)
         } else {
             let mut offset = 0u64;
+            let mut resumes = 0;
             while offset < size {
                 let len = (size - offset).min(self.chunk_size as u64) as usize;
                 let chunk = read_chunk(offset, len)?;
@@ -589,10 +590,27 @@ impl Registry {
                     format!("{}-{}", offset, offset + len as u64 - 1),
                 ));
                 req.body = Some(chunk);
-                let resp = self.send(repo, &req).await?;
-                let resp = Self::expect(&req, resp, &[202]).await?;
-                location = self.location(&req, &resp)?;
-                offset += len as u64;
+                let sent = match self.send(repo, &req).await {
+                    Ok(resp) => Self::expect(&req, resp, &[202]).await,
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(resp) => {
+                        location = self.location(&req, &resp)?;
+                        offset += len as u64;
+                    }
+                    // Resume where the registry says it is instead of resending the whole blob.
+                    Err(e) if e.is_transient() && resumes + 1 < self.retry.max_attempts => {
+                        resumes += 1;
+                        tokio::time::sleep(self.retry.delay(resumes, &e)).await;
+                        match self.upload_status(repo, &location).await {
+                            Ok((loc, next)) if next <= size => (location, offset) = (loc, next),
+                            // Unknown state: the caller's retry restarts this blob.
+                            _ => return Err(e),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             None
         };
@@ -602,6 +620,34 @@ impl Registry {
         let resp = self.send(repo, &req).await?;
         let resp = Self::expect(&req, resp, &[201]).await?;
         Self::check_digest(&req, &resp, digest)
+    }
+
+    /// Where an upload session stands: its next Location and the next byte offset it expects.
+    async fn upload_status(&self, repo: &str, location: &str) -> Result<(String, u64)> {
+        let req = Req::new(Method::GET, location.to_string(), vec![push_scope(repo)]);
+        let resp = self.send(repo, &req).await?;
+        let resp = Self::expect(&req, resp, &[204]).await?;
+        let next = match resp
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+        {
+            // `Range: 0-<last byte received>`
+            Some(r) => {
+                let end = r
+                    .rsplit('-')
+                    .next()
+                    .and_then(|n| n.trim().parse::<u64>().ok());
+                end.map_or(0, |e| e + 1)
+            }
+            None => 0,
+        };
+        let loc = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| location.to_string(), |l| self.absolute(l));
+        Ok((loc, next))
     }
 
     fn check_digest(req: &Req, resp: &reqwest::Response, expected: &Sha256Digest) -> Result<()> {

@@ -74,6 +74,9 @@ struct State {
     dead: AtomicBool,
     die_after: Option<DiePredicate>,
     bearer: Option<BearerMock>,
+    /// Drop the n-th (1-based) request with this method; counts requests seen so far.
+    drop_nth: Option<(String, usize)>,
+    method_count: std::sync::atomic::AtomicUsize,
 }
 
 /// A running proxy; stops accepting when dropped or dead.
@@ -106,11 +109,32 @@ impl Proxy {
         Self::build(upstream, Vec::new(), None, Some(bearer))
     }
 
+    /// Drop the `n`-th request (1-based) whose method is `method`, without forwarding it.
+    pub fn dropping_nth(upstream: SocketAddr, method: &str, n: usize) -> Self {
+        Self::build_with(
+            upstream,
+            Vec::new(),
+            None,
+            None,
+            Some((method.to_string(), n)),
+        )
+    }
+
     fn build(
         upstream: SocketAddr,
         faults: Vec<Fault>,
         die_after: Option<DiePredicate>,
         bearer: Option<BearerMock>,
+    ) -> Self {
+        Self::build_with(upstream, faults, die_after, bearer, None)
+    }
+
+    fn build_with(
+        upstream: SocketAddr,
+        faults: Vec<Fault>,
+        die_after: Option<DiePredicate>,
+        bearer: Option<BearerMock>,
+        drop_nth: Option<(String, usize)>,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -122,6 +146,8 @@ impl Proxy {
             dead: AtomicBool::new(false),
             die_after,
             bearer,
+            drop_nth,
+            method_count: std::sync::atomic::AtomicUsize::new(0),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -263,6 +289,10 @@ fn handle(st: &State, mut conn: TcpStream) {
             _ => faults.pop_front(),
         }
     };
+    let drop_this = st.drop_nth.as_ref().is_some_and(|(m, n)| {
+        *m == req.method && st.method_count.fetch_add(1, Ordering::SeqCst) + 1 == *n
+    });
+    let fault = if drop_this { Some(Fault::Drop) } else { fault };
     let answer = match fault {
         Some(Fault::Drop) => None,
         Some(Fault::Stall(d)) => {
