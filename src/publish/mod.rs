@@ -174,6 +174,11 @@ impl Target {
         bare == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
+    /// Whether to speak plain HTTP: always for loopback, elsewhere only when forced.
+    pub fn plain_http(&self, force: bool) -> bool {
+        force || self.is_loopback()
+    }
+
     fn namespace(&self) -> &str {
         self.repository.rsplit_once('/').map_or("", |(ns, _)| ns)
     }
@@ -202,7 +207,7 @@ impl Publisher {
     }
 
     fn registry(&self, target: &Target) -> Result<(Arc<Registry>, CredentialOrigin)> {
-        let plain = self.opts.plain_http || target.is_loopback();
+        let plain = target.plain_http(self.opts.plain_http);
         let key = (target.host.clone(), plain);
         if let Some(r) = self.registries.lock().unwrap().get(&key) {
             return Ok(r.clone());
@@ -422,6 +427,9 @@ mod tests {
                 .unwrap()
                 .is_loopback()
         );
+        assert!(t.plain_http(false));
+        let ghcr = Target::parse("ghcr.io/o/x").unwrap();
+        assert!(!ghcr.plain_http(false) && ghcr.plain_http(true));
         for bad in [
             "hakim-base",
             "owner/hakim",
