@@ -407,6 +407,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn push_futures_can_be_spawned() {
+        fn assert_send_sync<T: Send + Sync>(_: &T) {}
+        fn assert_send<T: Send>(_: T) {}
+        let p = Publisher::new(PushOptions::default());
+        assert_send_sync(&p);
+        assert_send(p.push(Path::new("/nonexistent"), "a:b", "registry.example/a", &[]));
+    }
+
+    #[test]
     fn parses_targets_and_spots_loopback() {
         let t = Target::parse("127.0.0.1:5000/ns/hakim-base").unwrap();
         assert_eq!(
