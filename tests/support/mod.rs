@@ -1,6 +1,11 @@
 //! Helpers shared by the integration tests: running hakim, prerequisites, fixtures, servers.
 #![allow(dead_code)]
 
+pub mod layout;
+pub mod proxy;
+pub mod registry;
+pub mod skopeo;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

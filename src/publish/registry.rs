@@ -1,0 +1,686 @@
+//! A small OCI distribution client: auth dance, retries, blob and manifest pushes.
+//!
+//! Own client rather than oci-client: we need HEAD-before-upload, mount with a 202 fallback that
+//! reuses the opened session, chunk size control and a retry wrapper around every request.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reqwest::header::{self, HeaderMap};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+
+use crate::digest::Sha256Digest;
+
+use super::auth::{Challenge, Credentials, Secret, parse_challenge};
+use super::error::{PublishError, Result};
+
+/// How transient failures are retried.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Total attempts per operation, the first included.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled each time.
+    pub base_delay: Duration,
+    /// Upper bound of the exponential delay.
+    pub max_delay: Duration,
+    /// Upper bound on a registry's `Retry-After`.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(20),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn delay(&self, attempt: u32, err: &PublishError) -> Duration {
+        if let Some(ra) = err.retry_after() {
+            return ra.min(self.max_retry_after);
+        }
+        let exp = self.base_delay.saturating_mul(1 << (attempt - 1).min(16));
+        let capped = exp.min(self.max_delay);
+        // Up to 25% jitter so parallel CI jobs do not retry in lockstep.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        capped + capped.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
+}
+
+/// Outcome of a blob push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BlobOutcome {
+    /// The repository already had it.
+    Present,
+    /// Mounted from another repository of the same registry.
+    Mounted,
+    /// Uploaded; carries the byte count.
+    Uploaded(u64),
+}
+
+#[derive(Default)]
+struct AuthState {
+    /// What the registry asked for last time.
+    challenge: Option<Challenge>,
+    /// Bearer tokens by scope set.
+    tokens: HashMap<String, Secret>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+}
+
+/// A request we can resend verbatim (bodies are at most one chunk, kept in memory).
+struct Req {
+    method: Method,
+    url: String,
+    content_type: Option<String>,
+    extra: Vec<(header::HeaderName, String)>,
+    body: Option<Vec<u8>>,
+    /// Token scopes this request needs.
+    scopes: Vec<String>,
+}
+
+impl Req {
+    fn new(method: Method, url: String, scopes: Vec<String>) -> Self {
+        Self {
+            method,
+            url,
+            content_type: None,
+            extra: Vec::new(),
+            body: None,
+            scopes,
+        }
+    }
+}
+
+/// One registry host, with its credentials and cached auth.
+pub(crate) struct Registry {
+    http: reqwest::Client,
+    host: String,
+    base: String,
+    creds: Option<Credentials>,
+    auth: Mutex<AuthState>,
+    /// Held by the first request while it learns the auth scheme, so parallel requests do not
+    /// all collect a 401 first.
+    discovery: tokio::sync::Mutex<bool>,
+    /// One token fetch at a time: parallel requests for the same scope share its result.
+    token_fetch: tokio::sync::Mutex<()>,
+    retry: RetryPolicy,
+    chunk_size: usize,
+}
+
+fn push_scope(repo: &str) -> String {
+    format!("repository:{repo}:pull,push")
+}
+
+/// URL without its query, which holds upload state and digests nobody needs in an error.
+fn short_url(url: &str) -> String {
+    url.split('?').next().unwrap_or(url).to_string()
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+impl Registry {
+    /// A client for `host` spoken to over `scheme` (`http` or `https`).
+    pub fn new(
+        host: &str,
+        plain_http: bool,
+        creds: Option<Credentials>,
+        retry: RetryPolicy,
+        chunk_size: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("hakim/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(timeout)
+            .build()
+            .map_err(|e| PublishError::Transport {
+                method: "init".into(),
+                url: host.into(),
+                detail: error_chain(&e),
+                transient: false,
+            })?;
+        let scheme = if plain_http { "http" } else { "https" };
+        Ok(Self {
+            http,
+            host: host.to_string(),
+            base: format!("{scheme}://{host}"),
+            creds,
+            auth: Mutex::new(AuthState::default()),
+            discovery: tokio::sync::Mutex::new(false),
+            token_fetch: tokio::sync::Mutex::new(()),
+            retry,
+            chunk_size,
+        })
+    }
+
+    /// Run `op` until it succeeds, fails for good, or retries run out.
+    pub async fn with_retry<T, F, Fut>(&self, operation: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() && attempt < self.retry.max_attempts => {
+                    tokio::time::sleep(self.retry.delay(attempt, &e)).await;
+                    attempt += 1;
+                }
+                Err(e) if e.is_transient() && attempt > 1 => {
+                    return Err(PublishError::RetriesExhausted {
+                        operation: operation.to_string(),
+                        attempts: attempt,
+                        last: Box::new(e),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn auth_error(&self, repo: &str, detail: impl Into<String>) -> PublishError {
+        PublishError::Auth {
+            registry: self.host.clone(),
+            repository: repo.to_string(),
+            detail: detail.into(),
+        }
+    }
+
+    fn scope_key(scopes: &[String]) -> String {
+        let mut s = scopes.to_vec();
+        s.sort();
+        s.dedup();
+        s.join(" ")
+    }
+
+    /// The Authorization header to send up front, fetching a token if the registry wants one.
+    async fn authorization(&self, repo: &str, scopes: &[String]) -> Result<Option<String>> {
+        let (challenge, cached) = {
+            let st = self.auth.lock().unwrap();
+            (
+                st.challenge.clone(),
+                st.tokens.get(&Self::scope_key(scopes)).cloned(),
+            )
+        };
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(self.creds.as_ref().map(Credentials::basic_header)),
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let token = match cached {
+                    Some(t) => t,
+                    None => {
+                        let _one = self.token_fetch.lock().await;
+                        let again = self
+                            .auth
+                            .lock()
+                            .unwrap()
+                            .tokens
+                            .get(&Self::scope_key(scopes))
+                            .cloned();
+                        match again {
+                            Some(t) => t,
+                            None => {
+                                self.fetch_token(repo, &realm, service.as_deref(), scopes)
+                                    .await?
+                            }
+                        }
+                    }
+                };
+                Ok(Some(format!("Bearer {}", token.expose())))
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        repo: &str,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<Secret> {
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        let key = Self::scope_key(scopes);
+        for s in key.split(' ').filter(|s| !s.is_empty()) {
+            query.push(("scope", s));
+        }
+        let mut rb = self.http.get(realm).query(&query);
+        if let Some(c) = &self.creds {
+            rb = rb.header(header::AUTHORIZATION, c.basic_header());
+        }
+        let resp = rb.send().await.map_err(|e| PublishError::Transport {
+            method: "GET".into(),
+            url: short_url(realm),
+            detail: error_chain(&e.without_url()),
+            transient: true,
+        })?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let who = if self.creds.is_some() {
+                "credentials rejected"
+            } else {
+                "no credentials found"
+            };
+            return Err(self.auth_error(
+                repo,
+                format!(
+                    "token service {} answered {status} ({who})",
+                    short_url(realm)
+                ),
+            ));
+        }
+        let retry_after = parse_retry_after(resp.headers());
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(PublishError::Status {
+                method: "GET".into(),
+                url: short_url(realm),
+                status: status.as_u16(),
+                detail: body.chars().take(300).collect(),
+                retry_after,
+            });
+        }
+        let parsed: TokenResponse = resp.json().await.map_err(|e| PublishError::Transport {
+            method: "GET".into(),
+            url: short_url(realm),
+            detail: format!(
+                "unreadable token response: {}",
+                error_chain(&e.without_url())
+            ),
+            transient: true,
+        })?;
+        let token = parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| self.auth_error(repo, "token service returned no token"))?;
+        let token = Secret::new(token);
+        self.auth.lock().unwrap().tokens.insert(key, token.clone());
+        Ok(token)
+    }
+
+    async fn send_once(&self, req: &Req, auth: Option<&str>) -> Result<reqwest::Response> {
+        let mut rb = self.http.request(req.method.clone(), &req.url);
+        if let Some(a) = auth {
+            rb = rb.header(header::AUTHORIZATION, a);
+        }
+        if let Some(ct) = &req.content_type {
+            rb = rb.header(header::CONTENT_TYPE, ct);
+        }
+        for (k, v) in &req.extra {
+            rb = rb.header(k, v);
+        }
+        match &req.body {
+            Some(b) => rb = rb.header(header::CONTENT_LENGTH, b.len()).body(b.clone()),
+            None if req.method == Method::PUT
+                || req.method == Method::POST
+                || req.method == Method::PATCH =>
+            {
+                rb = rb.header(header::CONTENT_LENGTH, 0)
+            }
+            None => {}
+        }
+        rb.send().await.map_err(|e| PublishError::Transport {
+            method: req.method.to_string(),
+            url: short_url(&req.url),
+            transient: !e.is_builder(),
+            detail: error_chain(&e.without_url()),
+        })
+    }
+
+    /// Send once, doing the auth dance on 401; 401 after authenticating and 403 fail fast.
+    async fn send(&self, repo: &str, req: &Req) -> Result<reqwest::Response> {
+        let mut discovered = self.discovery.lock().await;
+        if *discovered {
+            drop(discovered);
+            return self.send_inner(repo, req).await;
+        }
+        let result = self.send_inner(repo, req).await;
+        // Only an answered request teaches us the auth scheme; on failure the next one tries.
+        *discovered = result.is_ok();
+        result
+    }
+
+    async fn send_inner(&self, repo: &str, req: &Req) -> Result<reqwest::Response> {
+        let auth = self.authorization(repo, &req.scopes).await?;
+        let resp = self.send_once(req, auth.as_deref()).await?;
+        let resp = if resp.status() == StatusCode::UNAUTHORIZED {
+            let challenge = resp
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_challenge);
+            let Some(challenge) = challenge else {
+                return Err(self.auth_error(
+                    repo,
+                    "registry answered 401 without a usable WWW-Authenticate challenge",
+                ));
+            };
+            if matches!(challenge, Challenge::Basic) && self.creds.is_none() {
+                return Err(self.auth_error(
+                    repo,
+                    "registry requires authentication and no credentials were found",
+                ));
+            }
+            let mut scopes = req.scopes.clone();
+            if let Challenge::Bearer { scope: Some(s), .. } = &challenge {
+                // The challenge may name several scopes separated by spaces.
+                scopes.extend(s.split(' ').filter(|s| !s.is_empty()).map(String::from));
+            }
+            {
+                let mut st = self.auth.lock().unwrap();
+                st.challenge = Some(challenge);
+                // A cached token was refused: it expired or lacks a scope.
+                st.tokens.remove(&Self::scope_key(&req.scopes));
+                st.tokens.remove(&Self::scope_key(&scopes));
+            }
+            let auth2 = self.authorization(repo, &scopes).await?;
+            if let Some(a) = &auth2 {
+                // Also file the token under the request's own scope set for the next request.
+                if let Some(tok) = a.strip_prefix("Bearer ") {
+                    let tok = Secret::new(tok);
+                    self.auth
+                        .lock()
+                        .unwrap()
+                        .tokens
+                        .insert(Self::scope_key(&req.scopes), tok);
+                }
+            }
+            let again = self.send_once(req, auth2.as_deref()).await?;
+            if again.status() == StatusCode::UNAUTHORIZED {
+                let who = if self.creds.is_some() {
+                    "credentials rejected"
+                } else {
+                    "no credentials found"
+                };
+                return Err(self.auth_error(
+                    repo,
+                    format!(
+                        "{} {} answered 401 ({who})",
+                        req.method,
+                        short_url(&req.url)
+                    ),
+                ));
+            }
+            again
+        } else {
+            resp
+        };
+        if resp.status() == StatusCode::FORBIDDEN {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(PublishError::Denied {
+                registry: self.host.clone(),
+                repository: repo.to_string(),
+                detail: body
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+                    .trim()
+                    .to_string(),
+            });
+        }
+        Ok(resp)
+    }
+
+    /// Fail with a Status error unless the response has one of `ok` statuses.
+    async fn expect(req: &Req, resp: reqwest::Response, ok: &[u16]) -> Result<reqwest::Response> {
+        if ok.contains(&resp.status().as_u16()) {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let retry_after = parse_retry_after(resp.headers());
+        let body = resp.text().await.unwrap_or_default();
+        Err(PublishError::Status {
+            method: req.method.to_string(),
+            url: short_url(&req.url),
+            status,
+            detail: body
+                .chars()
+                .take(300)
+                .collect::<String>()
+                .trim()
+                .to_string(),
+            retry_after,
+        })
+    }
+
+    fn absolute(&self, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_string()
+        } else {
+            format!("{}{}", self.base, location)
+        }
+    }
+
+    fn location(&self, req: &Req, resp: &reqwest::Response) -> Result<String> {
+        resp.headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|l| self.absolute(l))
+            .ok_or_else(|| PublishError::Status {
+                method: req.method.to_string(),
+                url: short_url(&req.url),
+                status: resp.status().as_u16(),
+                detail: "no Location header in upload response".into(),
+                retry_after: None,
+            })
+    }
+
+    /// Whether `repo` already has the blob.
+    pub async fn blob_exists(&self, repo: &str, digest: &Sha256Digest) -> Result<bool> {
+        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
+        let req = Req::new(Method::HEAD, url, vec![push_scope(repo)]);
+        let resp = self.send(repo, &req).await?;
+        match resp.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            _ => Self::expect(&req, resp, &[]).await.map(|_| false),
+        }
+    }
+
+    /// Push one blob from `path`: mount from `mount_from` when given, else (or on 202) upload.
+    pub async fn push_blob(
+        &self,
+        repo: &str,
+        digest: &Sha256Digest,
+        size: u64,
+        path: &Path,
+        mount_from: Option<&str>,
+    ) -> Result<BlobOutcome> {
+        let location = match mount_from {
+            Some(from) => {
+                let url = format!(
+                    "{}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}",
+                    self.base
+                );
+                let scopes = vec![push_scope(repo), format!("repository:{from}:pull")];
+                let req = Req::new(Method::POST, url, scopes);
+                let resp = self.send(repo, &req).await?;
+                let resp = Self::expect(&req, resp, &[201, 202]).await?;
+                if resp.status().as_u16() == 201 {
+                    return Ok(BlobOutcome::Mounted);
+                }
+                // 202: the registry could not mount and opened an ordinary upload session instead.
+                self.location(&req, &resp)?
+            }
+            None => {
+                let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
+                let req = Req::new(Method::POST, url, vec![push_scope(repo)]);
+                let resp = self.send(repo, &req).await?;
+                let resp = Self::expect(&req, resp, &[202]).await?;
+                self.location(&req, &resp)?
+            }
+        };
+        self.upload(repo, location, digest, size, path).await?;
+        Ok(BlobOutcome::Uploaded(size))
+    }
+
+    fn with_digest(location: &str, digest: &Sha256Digest) -> String {
+        let sep = if location.contains('?') { '&' } else { '?' };
+        format!("{location}{sep}digest={digest}")
+    }
+
+    async fn upload(
+        &self,
+        repo: &str,
+        mut location: String,
+        digest: &Sha256Digest,
+        size: u64,
+        path: &Path,
+    ) -> Result<()> {
+        let read_chunk = |offset: u64, len: usize| -> Result<Vec<u8>> {
+            let io = |e: std::io::Error| PublishError::Layout {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            };
+            let mut f = std::fs::File::open(path).map_err(io)?;
+            f.seek(SeekFrom::Start(offset)).map_err(io)?;
+            let mut buf = vec![0; len];
+            f.read_exact(&mut buf).map_err(io)?;
+            Ok(buf)
+        };
+        let scopes = vec![push_scope(repo)];
+        let final_body = if size <= self.chunk_size as u64 {
+            // Small blob: one monolithic PUT.
+            Some(read_chunk(0, size as usize)?)
+        } else {
+            let mut offset = 0u64;
+            let mut resumes = 0;
+            while offset < size {
+                let len = (size - offset).min(self.chunk_size as u64) as usize;
+                let chunk = read_chunk(offset, len)?;
+                let mut req = Req::new(Method::PATCH, location.clone(), scopes.clone());
+                req.content_type = Some("application/octet-stream".into());
+                req.extra.push((
+                    header::CONTENT_RANGE,
+                    format!("{}-{}", offset, offset + len as u64 - 1),
+                ));
+                req.body = Some(chunk);
+                let sent = match self.send(repo, &req).await {
+                    Ok(resp) => Self::expect(&req, resp, &[202]).await,
+                    Err(e) => Err(e),
+                };
+                match sent {
+                    Ok(resp) => {
+                        location = self.location(&req, &resp)?;
+                        offset += len as u64;
+                    }
+                    // Resume where the registry says it is instead of resending the whole blob.
+                    Err(e) if e.is_transient() && resumes + 1 < self.retry.max_attempts => {
+                        resumes += 1;
+                        tokio::time::sleep(self.retry.delay(resumes, &e)).await;
+                        match self.upload_status(repo, &location).await {
+                            Ok((loc, next)) if next <= size => (location, offset) = (loc, next),
+                            // Unknown state: the caller's retry restarts this blob.
+                            _ => return Err(e),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            None
+        };
+        let mut req = Req::new(Method::PUT, Self::with_digest(&location, digest), scopes);
+        req.content_type = Some("application/octet-stream".into());
+        req.body = final_body;
+        let resp = self.send(repo, &req).await?;
+        let resp = Self::expect(&req, resp, &[201]).await?;
+        Self::check_digest(&req, &resp, digest)
+    }
+
+    /// Where an upload session stands: its next Location and the next byte offset it expects.
+    async fn upload_status(&self, repo: &str, location: &str) -> Result<(String, u64)> {
+        let req = Req::new(Method::GET, location.to_string(), vec![push_scope(repo)]);
+        let resp = self.send(repo, &req).await?;
+        let resp = Self::expect(&req, resp, &[204]).await?;
+        let next = match resp
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+        {
+            // `Range: 0-<last byte received>`
+            Some(r) => {
+                let end = r
+                    .rsplit('-')
+                    .next()
+                    .and_then(|n| n.trim().parse::<u64>().ok());
+                end.map_or(0, |e| e + 1)
+            }
+            None => 0,
+        };
+        let loc = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| location.to_string(), |l| self.absolute(l));
+        Ok((loc, next))
+    }
+
+    fn check_digest(req: &Req, resp: &reqwest::Response, expected: &Sha256Digest) -> Result<()> {
+        if let Some(got) = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            && got != expected.oci()
+        {
+            return Err(PublishError::DigestMismatch {
+                url: short_url(&req.url),
+                expected: *expected,
+                got: got.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// PUT manifest bytes under `reference` (a digest or a tag), verifying the registry's digest.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+        digest: &Sha256Digest,
+    ) -> Result<()> {
+        let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
+        let mut req = Req::new(Method::PUT, url, vec![push_scope(repo)]);
+        req.content_type = Some(media_type.to_string());
+        req.body = Some(bytes.to_vec());
+        let resp = self.send(repo, &req).await?;
+        let resp = Self::expect(&req, resp, &[200, 201]).await?;
+        Self::check_digest(&req, &resp, digest)
+    }
+}
