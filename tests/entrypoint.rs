@@ -361,13 +361,41 @@ fn cmdlines_containing(needle: &str) -> Vec<String> {
     hits
 }
 
+/// Scans every process's command line for a secret on a thread, until stopped.
+struct LeakScanner {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<std::collections::BTreeSet<String>>>,
+}
+
+impl LeakScanner {
+    fn start(secret: &str) -> LeakScanner {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, secret) = (stop.clone(), secret.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut leaks = std::collections::BTreeSet::new();
+            while !flag.load(Ordering::SeqCst) {
+                leaks.extend(cmdlines_containing(&secret));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            leaks
+        });
+        LeakScanner {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> std::collections::BTreeSet<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
 /// Waits for the agent's start report while scanning every command line for the token.
 fn expect_agent(run: &Running, server: &FakeCoder, token: &str) -> Report {
-    let mut leaks = Vec::new();
-    let report = server.wait_report("start", AGENT_WAIT, || {
-        leaks.extend(cmdlines_containing(token));
-    });
-    leaks.extend(cmdlines_containing(token));
+    let scanner = LeakScanner::start(token);
+    let report = server.wait_report("start", AGENT_WAIT, || {});
+    let leaks = scanner.finish();
     let report = report.unwrap_or_else(|| {
         panic!(
             "the agent never reported; requests: {:?}; log:\n{}",

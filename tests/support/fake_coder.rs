@@ -230,6 +230,9 @@ fn serve(server: &tiny_http::Server, state: &State, options: &Options) {
             .push(format!("{} {path} {agent}", request.method()));
         let response = if binaries.contains(&path) {
             let n = state.downloads.fetch_add(1, Ordering::SeqCst);
+            // A slow link keeps the downloader alive long enough for tests that watch
+            // command lines of running processes.
+            std::thread::sleep(Duration::from_millis(150));
             if n < options.fail_first {
                 match options.failure {
                     Failure::Unavailable => {
