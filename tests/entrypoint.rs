@@ -558,6 +558,65 @@ fn env_credentials_start_agent_as_user_and_term_stops_it() {
 }
 
 #[test]
+fn unprivileged_start_runs_agent_as_itself() {
+    let server = FakeCoder::start(Options::default());
+    let token = new_token();
+    let mut sb = Sandbox::new();
+    sb.env("CODER_AGENT_URL", &server.access_url())
+        .env("CODER_AGENT_TOKEN", &token)
+        .env("HOME", "/tmp/u")
+        .env("USER", "someone");
+    // Like `docker run --user 4321:4321`: no root, no passwd entry.
+    let run = sb.spawn(
+        &[
+            "setpriv",
+            "--reuid=4321",
+            "--regid=4321",
+            "--clear-groups",
+            "--",
+            ENTRYPOINT,
+        ],
+        None,
+    );
+    let report = expect_agent(&run, &server, &token);
+    let get = |k: &str| report.get(k).map(String::as_str).unwrap_or("<missing>");
+    assert_eq!(
+        (get("uid"), get("user"), get("home"), get("cwd")),
+        ("4321", "someone", "/tmp/u", "/tmp/u"),
+        "{report:?}"
+    );
+    assert_eq!(get("token"), token);
+    assert_eq!(get("token_env"), "unset");
+    assert_eq!(get("token_file_mode"), "600");
+    assert!(sb.host("/tmp/hakim-4321/coder").is_file(), "{}", run.log());
+    assert_log_clean(&run, &token);
+}
+
+#[test]
+fn crashed_agent_is_restarted() {
+    let server = FakeCoder::start(Options::default());
+    let token = new_token();
+    let mut sb = Sandbox::new();
+    write_file(&sb.host("/home/coder/.fake-agent-crash"), "", 0o644);
+    sb.env("CODER_AGENT_URL", &server.access_url())
+        .env("CODER_AGENT_TOKEN", &token);
+    let run = sb.start(&[]);
+    let report = expect_agent(&run, &server, &token);
+    assert_default_agent(&report, &token, &server.access_url());
+    assert!(
+        server.reports()[0].get("event").map(String::as_str) == Some("crash"),
+        "{:?}",
+        server.reports()
+    );
+    let log = run.log();
+    assert!(
+        log.contains("coder agent exited with status 3; restarting in 1s"),
+        "{log}"
+    );
+    assert_eq!(server.downloads(), 1, "a restart must reuse the binary");
+}
+
+#[test]
 fn token_file_and_trailing_slash_url_with_project_dir() {
     let server = FakeCoder::start(Options::default());
     let token = new_token();

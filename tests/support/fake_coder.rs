@@ -38,6 +38,13 @@ post() {
 		wget -q -O /dev/null --post-file="$body" "$base/report"
 	fi
 }
+# A marker in $HOME makes this run crash once, to exercise the entrypoint's restart.
+if [ -f "${HOME:-/nonexistent}/.fake-agent-crash" ]; then
+	rm -f "$HOME/.fake-agent-crash"
+	printf 'event=crash\n' >"$body"
+	post
+	exit 3
+fi
 if [ -n "${CODER_AGENT_TOKEN-}" ]; then
 	token=$CODER_AGENT_TOKEN
 	token_env=set
