@@ -477,6 +477,26 @@ fn layer_ships_script_unit_and_enablement() {
         unit,
         "wants link must resolve to the unit"
     );
+    // systemd itself must accept the unit, with the script at its ExecStart path.
+    let sb = Sandbox::new();
+    write_file(&sb.host("/tmp/hakim-agent.service"), &unit, 0o644);
+    let verify = find_tool("systemd-analyze");
+    let mut run = sb.spawn(
+        &[
+            verify.to_str().unwrap(),
+            "verify",
+            "/tmp/hakim-agent.service",
+        ],
+        None,
+    );
+    let status = run
+        .wait_timeout(Duration::from_secs(30))
+        .expect("systemd-analyze verify hung");
+    let log = run.log();
+    assert!(
+        status.success() && log.trim().is_empty(),
+        "systemd-analyze verify:\n{log}"
+    );
     let yaml = fs::read_to_string(root.parent().unwrap().join("layer.yaml")).unwrap();
     assert!(yaml.starts_with("description:"), "{yaml}");
 }
