@@ -816,10 +816,16 @@ fn connection_refused_is_logged_and_retried() {
     let token = new_token();
     let url = format!("http://127.0.0.1:{}", closed_port());
     let mut sb = Sandbox::new();
+    // Backoff 1 s, 2 s, then 4 s: the last sleep is long enough to see that SIGTERM cuts it.
     sb.env("CODER_AGENT_URL", &url)
-        .env("CODER_AGENT_TOKEN", &token);
+        .env("CODER_AGENT_TOKEN", &token)
+        .env("HAKIM_RETRY_MAX", "30");
     let mut run = sb.start(&[]);
-    let log = run.wait_log("attempt 2:", Duration::from_secs(30));
+    let log = run.wait_log("attempt 3:", Duration::from_secs(30));
+    assert!(
+        log.contains("retrying in 4s"),
+        "backoff does not grow:\n{log}"
+    );
     assert!(
         log.contains(&format!("{url}/bin/coder-linux-{}", coder_arch())),
         "{log}"
@@ -837,6 +843,14 @@ fn connection_refused_is_logged_and_retried() {
     let lines = log.lines().filter(|l| l.contains("attempt ")).count();
     let attempts = log.matches("attempt ").count();
     assert_eq!(lines, attempts, "{log}");
+    // SIGTERM while waiting between attempts stops at once.
+    let t0 = Instant::now();
+    run.signal(libc::SIGTERM);
+    let status = run
+        .wait_timeout(Duration::from_secs(3))
+        .expect("SIGTERM during retries did not stop the entrypoint");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(status.code(), Some(143), "{}", run.log());
     assert_log_clean(&run, &token);
 }
 
