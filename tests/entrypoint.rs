@@ -181,6 +181,24 @@ impl Sandbox {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 
+    /// Makes `name` unusable in the sandbox: a non-executable empty file over its binary.
+    fn hide_tool(&mut self, name: &str) -> &mut Sandbox {
+        let out = Command::new(find_tool("bwrap"))
+            .arg("--ro-bind")
+            .arg(&self.rootfs)
+            .args(["/", "sh", "-c", &format!("command -v {name}")])
+            .env_clear()
+            .env("PATH", PATH)
+            .output()
+            .unwrap();
+        let inside = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(inside.starts_with('/'), "{name} not found in the rootfs");
+        let inside = self.resolve_inside(&inside);
+        let blank = self.dir.path().join(format!("hidden-{name}"));
+        write_file(&blank, "", 0o644);
+        self.bind("--ro-bind", &blank, &inside)
+    }
+
     /// Runs the entrypoint with `args` as PID 1.
     fn start(&self, args: &[&str]) -> Running {
         let mut argv = vec![ENTRYPOINT];
@@ -907,16 +925,8 @@ fn wget_is_used_when_curl_is_missing() {
     let server = FakeCoder::start(Options::default());
     let token = new_token();
     let mut sb = Sandbox::new();
-    let fake_curl = sb.dir.path().join("not-curl");
-    write_file(&fake_curl, "", 0o644);
-    let curl = Command::new("sh")
-        .args(["-c", "command -v curl"])
-        .output()
-        .unwrap();
-    let curl = String::from_utf8(curl.stdout).unwrap().trim().to_string();
-    assert!(curl.starts_with('/'), "curl not found on the host");
-    sb.bind("--ro-bind", &fake_curl, &curl)
-        .env("CODER_AGENT_URL", &server.access_url())
+    sb.hide_tool("curl");
+    sb.env("CODER_AGENT_URL", &server.access_url())
         .env("CODER_AGENT_TOKEN", &token);
     let run = sb.start(&[]);
     expect_agent(&run, &server, &token);
@@ -926,8 +936,34 @@ fn wget_is_used_when_curl_is_missing() {
         .find(|p| p.contains("/bin/coder-linux-"))
         .unwrap();
     assert!(
-        download.contains("Wget"),
-        "not downloaded by wget: {download}"
+        download.contains("Wget/"),
+        "not downloaded by GNU wget: {download}"
+    );
+    assert_log_clean(&run, &token);
+}
+
+#[test]
+fn busybox_wget_is_used_when_curl_and_wget_are_missing() {
+    let server = FakeCoder::start(Options::default());
+    let token = new_token();
+    let mut sb = Sandbox::new();
+    // A static busybox in /usr/local/bin works in any rootfs.
+    fs::copy(find_tool("busybox"), sb.host("/usr/local/bin/busybox")).unwrap();
+    sb.hide_tool("curl");
+    sb.hide_tool("wget");
+    sb.env("CODER_AGENT_URL", &server.access_url())
+        .env("CODER_AGENT_TOKEN", &token);
+    let run = sb.start(&[]);
+    expect_agent(&run, &server, &token);
+    let download = server
+        .paths()
+        .into_iter()
+        .find(|p| p.contains("/bin/coder-linux-"))
+        .unwrap();
+    // BusyBox sends a bare "Wget" user agent; GNU wget adds its version.
+    assert!(
+        download.ends_with(" Wget"),
+        "not downloaded by busybox wget: {download}"
     );
     assert_log_clean(&run, &token);
 }

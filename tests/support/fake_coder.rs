@@ -34,8 +34,10 @@ body=$(mktemp "${TMPDIR:-/tmp}/fake-agent.XXXXXX")
 post() {
 	if command -v curl >/dev/null 2>&1 && [ -x "$(command -v curl)" ]; then
 		curl -fsS --data-binary @"$body" "$base/report" >/dev/null
-	else
+	elif command -v wget >/dev/null 2>&1 && [ -x "$(command -v wget)" ]; then
 		wget -q -O /dev/null --post-file="$body" "$base/report"
+	else
+		busybox wget -q -O /dev/null --post-file="$body" "$base/report"
 	fi
 }
 # A marker in $HOME makes this run crash once, to exercise the entrypoint's restart.
