@@ -1,1 +1,340 @@
-//! (in progress)
+//! Binary package indexes: parsed `Packages` paragraphs, looked up by name and by Provides.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::control;
+use super::relation::{self, Dependency, Provide};
+use super::version::Version;
+use crate::digest::Sha256Digest;
+
+/// The `Multi-Arch` field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MultiArch {
+    /// Absent or `no`: only satisfies same-architecture dependencies.
+    #[default]
+    No,
+    /// `same`: co-installable across architectures.
+    Same,
+    /// `foreign`: satisfies dependencies from any architecture.
+    Foreign,
+    /// `allowed`: satisfies `:any` dependencies from any architecture.
+    Allowed,
+}
+
+impl MultiArch {
+    /// Parse a field value; unknown values count as `no`, as dpkg does.
+    pub fn parse(s: &str) -> Self {
+        match s.trim() {
+            "same" => Self::Same,
+            "foreign" => Self::Foreign,
+            "allowed" => Self::Allowed,
+            _ => Self::No,
+        }
+    }
+}
+
+/// The `Priority` field.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Priority {
+    /// `required`
+    Required,
+    /// `important`
+    Important,
+    /// `standard`
+    Standard,
+    /// `optional`
+    Optional,
+    /// `extra` (obsolete)
+    Extra,
+    /// Anything else.
+    Other(String),
+}
+
+impl Priority {
+    /// Parse a field value.
+    pub fn parse(s: &str) -> Self {
+        match s.trim() {
+            "required" => Self::Required,
+            "important" => Self::Important,
+            "standard" => Self::Standard,
+            "optional" => Self::Optional,
+            "extra" => Self::Extra,
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    /// Smaller is more important (used to choose between providers, as apt does).
+    pub fn rank(&self) -> u8 {
+        match self {
+            Self::Required => 1,
+            Self::Important => 2,
+            Self::Standard => 3,
+            Self::Optional => 4,
+            Self::Extra => 5,
+            Self::Other(_) => 6,
+        }
+    }
+}
+
+/// One binary package version from a Packages index.
+#[derive(Clone, Debug)]
+pub struct Package {
+    /// Package name.
+    pub name: String,
+    /// Version.
+    pub version: Version,
+    /// Architecture (`amd64`, `all`, ...).
+    pub architecture: String,
+    /// Multi-Arch field.
+    pub multi_arch: MultiArch,
+    /// `Essential: yes`.
+    pub essential: bool,
+    /// Priority, if given.
+    pub priority: Option<Priority>,
+    /// Depends.
+    pub depends: Vec<Dependency>,
+    /// Pre-Depends.
+    pub pre_depends: Vec<Dependency>,
+    /// Recommends.
+    pub recommends: Vec<Dependency>,
+    /// Conflicts.
+    pub conflicts: Vec<Dependency>,
+    /// Breaks.
+    pub breaks: Vec<Dependency>,
+    /// Provides.
+    pub provides: Vec<Provide>,
+    /// Path of the .deb relative to the mirror root.
+    pub filename: String,
+    /// Size of the .deb in bytes.
+    pub size: u64,
+    /// SHA-256 of the .deb.
+    pub sha256: Sha256Digest,
+    /// Source package name (the binary name when the field is absent).
+    pub source: String,
+    /// Label of the index this paragraph came from, as given to [`PackageIndex::add`].
+    pub origin: Arc<str>,
+}
+
+/// A Packages paragraph that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: paragraph at line {line}: {message}")]
+pub struct IndexError {
+    /// Label of the index.
+    pub origin: String,
+    /// 1-based line of the paragraph (or of the malformed line).
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// All packages of one architecture from one or more Packages indexes.
+#[derive(Debug, Default)]
+pub struct PackageIndex {
+    arch: String,
+    origins: Vec<Arc<str>>,
+    packages: Vec<Package>,
+    /// Indexes into `packages`, highest version first (earlier index first on ties).
+    by_name: HashMap<String, Vec<usize>>,
+    /// Virtual name -> indexes of packages that provide it.
+    providers: HashMap<String, Vec<usize>>,
+}
+
+impl PackageIndex {
+    /// An empty index for native architecture `arch` (used to evaluate `[arch]` restrictions).
+    pub fn new(arch: &str) -> Self {
+        Self { arch: arch.to_string(), ..Self::default() }
+    }
+
+    /// Parse one Packages text and add its paragraphs, labelled `origin` (e.g. `trixie/main`).
+    pub fn add(&mut self, origin: &str, text: &str) -> Result<(), IndexError> {
+        let label: Arc<str> = Arc::from(origin);
+        let paragraphs = control::parse(text).map_err(|e| IndexError {
+            origin: origin.to_string(),
+            line: e.line,
+            message: e.to_string(),
+        })?;
+        let first = self.packages.len();
+        for p in &paragraphs {
+            let pkg = package_from(p, &self.arch, &label).map_err(|message| IndexError {
+                origin: origin.to_string(),
+                line: p.line,
+                message,
+            })?;
+            self.packages.push(pkg);
+        }
+        for (i, pkg) in self.packages.iter().enumerate().skip(first) {
+            self.by_name.entry(pkg.name.clone()).or_default().push(i);
+            for prov in &pkg.provides {
+                self.providers.entry(prov.name.clone()).or_default().push(i);
+            }
+        }
+        let packages = &self.packages;
+        for idxs in self.by_name.values_mut() {
+            // Stable: among equal versions the earlier-added index wins, like apt's source order.
+            idxs.sort_by(|&a, &b| packages[b].version.cmp(&packages[a].version));
+        }
+        self.origins.push(label);
+        Ok(())
+    }
+
+    /// The native architecture.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// Labels of the added indexes, in order.
+    pub fn origins(&self) -> impl Iterator<Item = &str> {
+        self.origins.iter().map(|o| &**o)
+    }
+
+    /// Number of package paragraphs.
+    pub fn len(&self) -> usize {
+        self.packages.len()
+    }
+
+    /// Whether no paragraphs were added.
+    pub fn is_empty(&self) -> bool {
+        self.packages.is_empty()
+    }
+
+    /// Every package paragraph.
+    pub fn packages(&self) -> &[Package] {
+        &self.packages
+    }
+
+    /// All real package names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// All versions (any architecture) of a real package, highest first.
+    pub fn versions(&self, name: &str) -> impl Iterator<Item = &Package> {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.packages[i])
+    }
+
+    /// The candidate: highest version of `name` for the native architecture or `all`.
+    pub fn best(&self, name: &str) -> Option<&Package> {
+        self.versions(name)
+            .find(|p| p.architecture == self.arch || p.architecture == "all")
+    }
+
+    /// Every package version that lists `name` in its Provides.
+    pub fn providers(&self, name: &str) -> impl Iterator<Item = &Package> {
+        self.providers
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.packages[i])
+    }
+}
+
+fn package_from(p: &control::Paragraph, arch: &str, origin: &Arc<str>) -> Result<Package, String> {
+    let req = |field: &str| p.get(field).ok_or_else(|| format!("missing field `{field}`"));
+    let name = req("Package")?.to_string();
+    let ctx = |field: &str, e: &dyn std::fmt::Display| format!("package `{name}`, field `{field}`: {e}");
+    let version: Version = req("Version")?.parse().map_err(|e| ctx("Version", &e))?;
+    let deps = |field: &str| -> Result<Vec<Dependency>, String> {
+        match p.get(field) {
+            Some(v) => relation::parse_dependencies(v, arch).map_err(|e| ctx(field, &e)),
+            None => Ok(Vec::new()),
+        }
+    };
+    let provides = match p.get("Provides") {
+        Some(v) => relation::parse_provides(v).map_err(|e| ctx("Provides", &e))?,
+        None => Vec::new(),
+    };
+    let size = req("Size")?.parse::<u64>().map_err(|e| ctx("Size", &e))?;
+    let sha256 = req("SHA256")?.parse::<Sha256Digest>().map_err(|e| ctx("SHA256", &e))?;
+    let source = match p.get("Source") {
+        // `Source: name (version)` when the source version differs from the binary's.
+        Some(s) => s.split_whitespace().next().unwrap_or(&name).to_string(),
+        None => name.clone(),
+    };
+    Ok(Package {
+        version,
+        architecture: req("Architecture")?.to_string(),
+        multi_arch: p.get("Multi-Arch").map(MultiArch::parse).unwrap_or_default(),
+        essential: p.get("Essential").is_some_and(|e| e.trim() == "yes"),
+        priority: p.get("Priority").map(Priority::parse),
+        depends: deps("Depends")?,
+        pre_depends: deps("Pre-Depends")?,
+        recommends: deps("Recommends")?,
+        conflicts: deps("Conflicts")?,
+        breaks: deps("Breaks")?,
+        provides,
+        filename: req("Filename")?.to_string(),
+        size,
+        sha256,
+        source,
+        origin: origin.clone(),
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn para(name: &str, version: &str, extra: &str) -> String {
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: amd64\n{extra}Filename: pool/{name}_{version}.deb\nSize: 10\nSHA256: {SHA}\n\n"
+        )
+    }
+
+    #[test]
+    fn highest_version_wins_across_suites() {
+        let mut idx = PackageIndex::new("amd64");
+        idx.add("trixie/main", &(para("curl", "8.14.1-2", "") + &para("jq", "1.7", ""))).unwrap();
+        idx.add("trixie-security/main", &para("curl", "8.14.1-2+deb13u1", "")).unwrap();
+        idx.add("trixie-updates/main", &para("curl", "8.14.1-1", "")).unwrap();
+        let best = idx.best("curl").unwrap();
+        assert_eq!(best.version.to_string(), "8.14.1-2+deb13u1");
+        assert_eq!(&*best.origin, "trixie-security/main");
+        let all: Vec<String> = idx.versions("curl").map(|p| p.version.to_string()).collect();
+        assert_eq!(all, ["8.14.1-2+deb13u1", "8.14.1-2", "8.14.1-1"]);
+        assert_eq!(idx.origins().collect::<Vec<_>>(), ["trixie/main", "trixie-security/main", "trixie-updates/main"]);
+        assert!(idx.best("nope").is_none());
+    }
+
+    #[test]
+    fn parses_fields_and_providers() {
+        let mut idx = PackageIndex::new("amd64");
+        let extra = "Source: exim4 (4.98-1)\nMulti-Arch: foreign\nEssential: yes\nPriority: required\n\
+                     Pre-Depends: libc6 (>= 2.36)\nDepends: a | b [i386], c\nProvides: mail-transport-agent, x (= 2)\n\
+                     Conflicts: mail-transport-agent\n";
+        idx.add("o", &para("exim4-daemon-light", "4.98-1+b1", extra)).unwrap();
+        let p = idx.best("exim4-daemon-light").unwrap();
+        assert_eq!(p.source, "exim4");
+        assert_eq!(p.multi_arch, MultiArch::Foreign);
+        assert!(p.essential);
+        assert_eq!(p.priority, Some(Priority::Required));
+        assert_eq!(p.depends.len(), 2);
+        assert_eq!(p.depends[0].len(), 1, "i386-only alternative dropped");
+        assert_eq!(p.pre_depends[0][0].name, "libc6");
+        assert_eq!(p.size, 10);
+        assert_eq!(p.filename, "pool/exim4-daemon-light_4.98-1+b1.deb");
+        let provs: Vec<&str> = idx.providers("mail-transport-agent").map(|p| p.name.as_str()).collect();
+        assert_eq!(provs, ["exim4-daemon-light"]);
+    }
+
+    #[test]
+    fn errors_name_origin_and_line() {
+        let mut idx = PackageIndex::new("amd64");
+        let text = para("ok", "1", "") + "Package: bad\nVersion: 1\nArchitecture: amd64\nFilename: f\nSize: 1\n";
+        let e = idx.add("trixie/main", &text).unwrap_err();
+        assert_eq!(e.line, 8);
+        let msg = e.to_string();
+        assert!(msg.contains("trixie/main") && msg.contains("SHA256") && msg.contains("line 8"), "{msg}");
+        let e = idx.add("x", &para("v", "a.1", "")).unwrap_err();
+        assert!(e.to_string().contains("`a.1`"), "{e}");
+        let e = idx.add("y", &para("d", "1", "Depends: a (>= \n")).unwrap_err();
+        assert!(e.to_string().contains("Depends"), "{e}");
+    }
+}
