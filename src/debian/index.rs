@@ -143,7 +143,10 @@ pub struct PackageIndex {
 impl PackageIndex {
     /// An empty index for native architecture `arch` (used to evaluate `[arch]` restrictions).
     pub fn new(arch: &str) -> Self {
-        Self { arch: arch.to_string(), ..Self::default() }
+        Self {
+            arch: arch.to_string(),
+            ..Self::default()
+        }
     }
 
     /// Parse one Packages text and add its paragraphs, labelled `origin` (e.g. `trixie/main`).
@@ -152,7 +155,11 @@ impl PackageIndex {
     /// field of a 65k-paragraph index costs more than everything else put together.
     pub fn add(&mut self, origin: &str, text: &str) -> Result<(), IndexError> {
         let label: Arc<str> = Arc::from(origin);
-        let err = |line: usize, message: String| IndexError { origin: origin.to_string(), line, message };
+        let err = |line: usize, message: String| IndexError {
+            origin: origin.to_string(),
+            line,
+            message,
+        };
         let first = self.packages.len();
         // Paragraphs in real indexes average 700-900 bytes; reserving avoids repeated
         // reallocation of this large vector and of the maps below.
@@ -165,7 +172,8 @@ impl PackageIndex {
             let line = raw.strip_suffix('\r').unwrap_or(raw);
             if line.bytes().all(|b| b == b' ' || b == b'\t') {
                 if !fields.is_empty() {
-                    let pkg = package_from(&fields, &self.arch, &label).map_err(|m| err(start, m))?;
+                    let pkg =
+                        package_from(&fields, &self.arch, &label).map_err(|m| err(start, m))?;
                     self.packages.push(pkg);
                     fields.clear();
                 }
@@ -176,7 +184,10 @@ impl PackageIndex {
             }
             if line.starts_with([' ', '\t']) {
                 let Some((_, value)) = fields.last_mut() else {
-                    return Err(err(idx + 1, format!("continuation line without a field: `{}`", line.trim())));
+                    return Err(err(
+                        idx + 1,
+                        format!("continuation line without a field: `{}`", line.trim()),
+                    ));
                 };
                 let cont = line.trim();
                 let value = value.to_mut();
@@ -334,11 +345,18 @@ fn req<'v>(v: Option<&'v str>, field: &str) -> Result<&'v str, String> {
     v.ok_or_else(|| format!("missing field `{field}`"))
 }
 
-fn package_from(fields: &[(&str, Cow<str>)], arch: &str, origin: &Arc<str>) -> Result<Package, String> {
+fn package_from(
+    fields: &[(&str, Cow<str>)],
+    arch: &str,
+    origin: &Arc<str>,
+) -> Result<Package, String> {
     let f = Fields::collect(fields);
     let name = req(f.package, "Package")?.to_string();
-    let ctx = |field: &str, e: &dyn std::fmt::Display| format!("package `{name}`, field `{field}`: {e}");
-    let version: Version = req(f.version, "Version")?.parse().map_err(|e| ctx("Version", &e))?;
+    let ctx =
+        |field: &str, e: &dyn std::fmt::Display| format!("package `{name}`, field `{field}`: {e}");
+    let version: Version = req(f.version, "Version")?
+        .parse()
+        .map_err(|e| ctx("Version", &e))?;
     let deps = |v: Option<&str>, field: &str| -> Result<Vec<Dependency>, String> {
         match v {
             Some(v) => relation::parse_dependencies(v, arch).map_err(|e| ctx(field, &e)),
@@ -349,8 +367,12 @@ fn package_from(fields: &[(&str, Cow<str>)], arch: &str, origin: &Arc<str>) -> R
         Some(v) => relation::parse_provides(v).map_err(|e| ctx("Provides", &e))?,
         None => Vec::new(),
     };
-    let size = req(f.size, "Size")?.parse::<u64>().map_err(|e| ctx("Size", &e))?;
-    let sha256 = req(f.sha256, "SHA256")?.parse::<Sha256Digest>().map_err(|e| ctx("SHA256", &e))?;
+    let size = req(f.size, "Size")?
+        .parse::<u64>()
+        .map_err(|e| ctx("Size", &e))?;
+    let sha256 = req(f.sha256, "SHA256")?
+        .parse::<Sha256Digest>()
+        .map_err(|e| ctx("SHA256", &e))?;
     let source = match f.source {
         // `Source: name (version)` when the source version differs from the binary's.
         Some(s) => s.split_whitespace().next().unwrap_or(&name).to_string(),
@@ -392,15 +414,30 @@ mod tests {
     #[test]
     fn highest_version_wins_across_suites() {
         let mut idx = PackageIndex::new("amd64");
-        idx.add("trixie/main", &(para("curl", "8.14.1-2", "") + &para("jq", "1.7", ""))).unwrap();
-        idx.add("trixie-security/main", &para("curl", "8.14.1-2+deb13u1", "")).unwrap();
-        idx.add("trixie-updates/main", &para("curl", "8.14.1-1", "")).unwrap();
+        idx.add(
+            "trixie/main",
+            &(para("curl", "8.14.1-2", "") + &para("jq", "1.7", "")),
+        )
+        .unwrap();
+        idx.add(
+            "trixie-security/main",
+            &para("curl", "8.14.1-2+deb13u1", ""),
+        )
+        .unwrap();
+        idx.add("trixie-updates/main", &para("curl", "8.14.1-1", ""))
+            .unwrap();
         let best = idx.best("curl").unwrap();
         assert_eq!(best.version.to_string(), "8.14.1-2+deb13u1");
         assert_eq!(&*best.origin, "trixie-security/main");
-        let all: Vec<String> = idx.versions("curl").map(|p| p.version.to_string()).collect();
+        let all: Vec<String> = idx
+            .versions("curl")
+            .map(|p| p.version.to_string())
+            .collect();
         assert_eq!(all, ["8.14.1-2+deb13u1", "8.14.1-2", "8.14.1-1"]);
-        assert_eq!(idx.origins().collect::<Vec<_>>(), ["trixie/main", "trixie-security/main", "trixie-updates/main"]);
+        assert_eq!(
+            idx.origins().collect::<Vec<_>>(),
+            ["trixie/main", "trixie-security/main", "trixie-updates/main"]
+        );
         assert!(idx.best("nope").is_none());
     }
 
@@ -410,7 +447,8 @@ mod tests {
         let extra = "Source: exim4 (4.98-1)\nMulti-Arch: foreign\nEssential: yes\nPriority: required\n\
                      Pre-Depends: libc6 (>= 2.36)\nDepends: a | b [i386], c\nProvides: mail-transport-agent, x (= 2)\n\
                      Conflicts: mail-transport-agent\n";
-        idx.add("o", &para("exim4-daemon-light", "4.98-1+b1", extra)).unwrap();
+        idx.add("o", &para("exim4-daemon-light", "4.98-1+b1", extra))
+            .unwrap();
         let p = idx.best("exim4-daemon-light").unwrap();
         assert_eq!(p.source, "exim4");
         assert_eq!(p.multi_arch, MultiArch::Foreign);
@@ -421,21 +459,30 @@ mod tests {
         assert_eq!(p.pre_depends[0][0].name, "libc6");
         assert_eq!(p.size, 10);
         assert_eq!(p.filename, "pool/exim4-daemon-light_4.98-1+b1.deb");
-        let provs: Vec<&str> = idx.providers("mail-transport-agent").map(|p| p.name.as_str()).collect();
+        let provs: Vec<&str> = idx
+            .providers("mail-transport-agent")
+            .map(|p| p.name.as_str())
+            .collect();
         assert_eq!(provs, ["exim4-daemon-light"]);
     }
 
     #[test]
     fn errors_name_origin_and_line() {
         let mut idx = PackageIndex::new("amd64");
-        let text = para("ok", "1", "") + "Package: bad\nVersion: 1\nArchitecture: amd64\nFilename: f\nSize: 1\n";
+        let text = para("ok", "1", "")
+            + "Package: bad\nVersion: 1\nArchitecture: amd64\nFilename: f\nSize: 1\n";
         let e = idx.add("trixie/main", &text).unwrap_err();
         assert_eq!(e.line, 8);
         let msg = e.to_string();
-        assert!(msg.contains("trixie/main") && msg.contains("SHA256") && msg.contains("line 8"), "{msg}");
+        assert!(
+            msg.contains("trixie/main") && msg.contains("SHA256") && msg.contains("line 8"),
+            "{msg}"
+        );
         let e = idx.add("x", &para("v", "a.1", "")).unwrap_err();
         assert!(e.to_string().contains("`a.1`"), "{e}");
-        let e = idx.add("y", &para("d", "1", "Depends: a (>= \n")).unwrap_err();
+        let e = idx
+            .add("y", &para("d", "1", "Depends: a (>= \n"))
+            .unwrap_err();
         assert!(e.to_string().contains("Depends"), "{e}");
     }
 }

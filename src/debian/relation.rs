@@ -71,7 +71,9 @@ pub struct Relation {
 impl Relation {
     /// Whether a package version satisfies this relation's version constraint.
     pub fn version_matches(&self, have: &Version) -> bool {
-        self.constraint.as_ref().is_none_or(|(op, want)| op.matches(have, want))
+        self.constraint
+            .as_ref()
+            .is_none_or(|(op, want)| op.matches(have, want))
     }
 }
 
@@ -96,7 +98,10 @@ pub type Dependency = Vec<Relation>;
 
 /// Render a dependency as `a (>= 1) | b`.
 pub fn display_dependency(dep: &[Relation]) -> String {
-    dep.iter().map(Relation::to_string).collect::<Vec<_>>().join(" | ")
+    dep.iter()
+        .map(Relation::to_string)
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// One `Provides` entry: a virtual name and an optional `(= version)`.
@@ -119,7 +124,10 @@ pub struct RelationError {
 }
 
 fn rel_err(text: &str, reason: impl Into<String>) -> RelationError {
-    RelationError { text: text.trim().to_string(), reason: reason.into() }
+    RelationError {
+        text: text.trim().to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// Parse a Depends-style field for target architecture `arch`.
@@ -156,10 +164,13 @@ pub fn parse_provides(text: &str) -> Result<Vec<Provide>, RelationError> {
         if item.trim().is_empty() {
             continue;
         }
-        let (rest, name) = take_name(item.trim_start()).ok_or_else(|| rel_err(item, "missing name"))?;
+        let (rest, name) =
+            take_name(item.trim_start()).ok_or_else(|| rel_err(item, "missing name"))?;
         let rest = rest.trim_start();
         let (rest, version) = if let Some(inner) = rest.strip_prefix('(') {
-            let (inner, after) = inner.split_once(')').ok_or_else(|| rel_err(item, "unclosed `(`"))?;
+            let (inner, after) = inner
+                .split_once(')')
+                .ok_or_else(|| rel_err(item, "unclosed `(`"))?;
             let inner = inner.trim();
             let v = inner
                 .strip_prefix('=')
@@ -171,7 +182,10 @@ pub fn parse_provides(text: &str) -> Result<Vec<Provide>, RelationError> {
         if !rest.trim().is_empty() {
             return Err(rel_err(item, "unexpected trailing text"));
         }
-        out.push(Provide { name: name.to_string(), version });
+        out.push(Provide {
+            name: name.to_string(),
+            version,
+        });
     }
     Ok(out)
 }
@@ -200,14 +214,17 @@ fn take_name(s: &str) -> Option<(&str, &str)> {
 }
 
 fn parse_version(text: &str, whole: &str) -> Result<Version, RelationError> {
-    text.parse().map_err(|e: super::version::VersionError| rel_err(whole, e.to_string()))
+    text.parse()
+        .map_err(|e: super::version::VersionError| rel_err(whole, e.to_string()))
 }
 
 fn parse_relation(alt: &str, arch: &str) -> Result<Option<Relation>, RelationError> {
     let s = alt.trim_start();
     let (mut rest, name) = take_name(s).ok_or_else(|| rel_err(alt, "missing package name"))?;
     let arch_qual = if let Some(q) = rest.strip_prefix(':') {
-        let end = q.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).unwrap_or(q.len());
+        let end = q
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .unwrap_or(q.len());
         let qual = &q[..end];
         rest = &q[end..];
         Some(match qual {
@@ -221,10 +238,14 @@ fn parse_relation(alt: &str, arch: &str) -> Result<Option<Relation>, RelationErr
     };
     rest = rest.trim_start();
     let constraint = if let Some(inner) = rest.strip_prefix('(') {
-        let (inner, after) = inner.split_once(')').ok_or_else(|| rel_err(alt, "unclosed `(`"))?;
+        let (inner, after) = inner
+            .split_once(')')
+            .ok_or_else(|| rel_err(alt, "unclosed `(`"))?;
         rest = after.trim_start();
         let inner = inner.trim();
-        let op_len = inner.find(|c: char| !matches!(c, '<' | '>' | '=')).unwrap_or(inner.len());
+        let op_len = inner
+            .find(|c: char| !matches!(c, '<' | '>' | '='))
+            .unwrap_or(inner.len());
         let op = match &inner[..op_len] {
             "<<" => Op::Lt,
             "<=" | "<" => Op::Le,
@@ -239,7 +260,9 @@ fn parse_relation(alt: &str, arch: &str) -> Result<Option<Relation>, RelationErr
     };
     let mut keep = true;
     if let Some(inner) = rest.strip_prefix('[') {
-        let (list, after) = inner.split_once(']').ok_or_else(|| rel_err(alt, "unclosed `[`"))?;
+        let (list, after) = inner
+            .split_once(']')
+            .ok_or_else(|| rel_err(alt, "unclosed `[`"))?;
         rest = after.trim_start();
         let (mut pos, mut neg) = (Vec::new(), Vec::new());
         for a in list.split_whitespace() {
@@ -262,7 +285,9 @@ fn parse_relation(alt: &str, arch: &str) -> Result<Option<Relation>, RelationErr
     let mut groups = 0;
     let mut any_group_holds = false;
     while let Some(inner) = rest.strip_prefix('<') {
-        let (terms, after) = inner.split_once('>').ok_or_else(|| rel_err(alt, "unclosed `<`"))?;
+        let (terms, after) = inner
+            .split_once('>')
+            .ok_or_else(|| rel_err(alt, "unclosed `<`"))?;
         rest = after.trim_start();
         groups += 1;
         if terms.split_whitespace().all(|t| t.starts_with('!')) {
@@ -275,7 +300,11 @@ fn parse_relation(alt: &str, arch: &str) -> Result<Option<Relation>, RelationErr
     if !rest.trim().is_empty() {
         return Err(rel_err(alt, format!("unexpected `{}`", rest.trim())));
     }
-    Ok(keep.then(|| Relation { name: name.to_string(), arch_qual, constraint }))
+    Ok(keep.then(|| Relation {
+        name: name.to_string(),
+        arch_qual,
+        constraint,
+    }))
 }
 
 #[cfg(test)]
@@ -315,10 +344,15 @@ mod tests {
 
     #[test]
     fn arch_restrictions_drop_alternatives_and_groups() {
-        let deps =
-            parse_dependencies("a [i386] | b, c [!amd64], d [linux-any], e [any-arm64]", "amd64").unwrap();
-        let names: Vec<Vec<&str>> =
-            deps.iter().map(|d| d.iter().map(|r| r.name.as_str()).collect()).collect();
+        let deps = parse_dependencies(
+            "a [i386] | b, c [!amd64], d [linux-any], e [any-arm64]",
+            "amd64",
+        )
+        .unwrap();
+        let names: Vec<Vec<&str>> = deps
+            .iter()
+            .map(|d| d.iter().map(|r| r.name.as_str()).collect())
+            .collect();
         assert_eq!(names, vec![vec!["b"], vec!["d"]]);
         assert!(arch_matches("arm64", "any-arm64"));
         assert!(!arch_matches("hurd-i386", "linux-any"));
@@ -326,7 +360,11 @@ mod tests {
 
     #[test]
     fn build_profiles_evaluated_with_none_active() {
-        let deps = parse_dependencies("a <!nocheck>, b <stage1>, c <stage1> <!cross>, d <!a b>", "amd64").unwrap();
+        let deps = parse_dependencies(
+            "a <!nocheck>, b <stage1>, c <stage1> <!cross>, d <!a b>",
+            "amd64",
+        )
+        .unwrap();
         let names: Vec<&str> = deps.iter().map(|d| d[0].name.as_str()).collect();
         assert_eq!(names, vec!["a", "c"]);
     }
@@ -342,9 +380,20 @@ mod tests {
 
     #[test]
     fn errors_name_the_bad_text() {
-        for bad in ["a (>= 1", "a (~= 1)", "a (>= x1)", "a b", "a [amd64", "| b", "a:"] {
+        for bad in [
+            "a (>= 1",
+            "a (~= 1)",
+            "a (>= x1)",
+            "a b",
+            "a [amd64",
+            "| b",
+            "a:",
+        ] {
             let e = parse_dependencies(bad, "amd64").unwrap_err();
-            assert!(!e.text.is_empty() && bad.contains(e.text.as_str()), "{bad}: {e}");
+            assert!(
+                !e.text.is_empty() && bad.contains(e.text.as_str()),
+                "{bad}: {e}"
+            );
         }
     }
 }

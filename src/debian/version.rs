@@ -52,7 +52,10 @@ impl FromStr for Version {
     type Err = VersionError;
 
     fn from_str(s: &str) -> Result<Self, VersionError> {
-        let err = |reason| VersionError { text: s.to_string(), reason };
+        let err = |reason| VersionError {
+            text: s.to_string(),
+            reason,
+        };
         if s.is_empty() {
             return Err(err("empty"));
         }
@@ -92,11 +95,19 @@ impl FromStr for Version {
             if rev.is_empty() {
                 return Err(err("empty revision"));
             }
-            if !rev.bytes().all(|b| b.is_ascii_alphanumeric() || b".+~".contains(&b)) {
+            if !rev
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".+~".contains(&b))
+            {
                 return Err(err("invalid character in revision"));
             }
         }
-        Ok(Version { raw: s.to_string(), epoch, upstream_start, upstream_end })
+        Ok(Version {
+            raw: s.to_string(),
+            epoch,
+            upstream_start,
+            upstream_end,
+        })
     }
 }
 
@@ -113,7 +124,10 @@ impl Ord for Version {
             .then_with(|| verrevcmp(self.upstream(), other.upstream()))
             // An absent revision compares like an empty one, which dpkg treats as equal to "0".
             .then_with(|| {
-                verrevcmp(self.revision().unwrap_or(""), other.revision().unwrap_or(""))
+                verrevcmp(
+                    self.revision().unwrap_or(""),
+                    other.revision().unwrap_or(""),
+                )
             })
     }
 }
@@ -207,7 +221,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_versions_naming_them() {
-        for bad in ["", "a1.0", "1.0-", "x:1.0", "1:", "1.0 2", "1.0_1", "1.0-a_b", "-1"] {
+        for bad in [
+            "", "a1.0", "1.0-", "x:1.0", "1:", "1.0 2", "1.0_1", "1.0-a_b", "-1",
+        ] {
             let e = bad.parse::<Version>().unwrap_err();
             assert_eq!(e.text, bad);
             assert!(e.to_string().contains(&format!("`{bad}`")), "{e}");
@@ -249,8 +265,26 @@ mod tests {
     #[test]
     fn agrees_with_dpkg() {
         let parts = [
-            "0", "1", "1.0", "1.0~rc1", "1.0+b1", "1.00", "1.a", "1.0a", "1.0.1", "1~", "2:1", "1:1.0",
-            "1.0-1", "1.0-0", "1.0-1~bpo1", "1.0-1+deb12u1", "1.0-10", "1.0-9", "1a-1", "1+-1",
+            "0",
+            "1",
+            "1.0",
+            "1.0~rc1",
+            "1.0+b1",
+            "1.00",
+            "1.a",
+            "1.0a",
+            "1.0.1",
+            "1~",
+            "2:1",
+            "1:1.0",
+            "1.0-1",
+            "1.0-0",
+            "1.0-1~bpo1",
+            "1.0-1+deb12u1",
+            "1.0-10",
+            "1.0-9",
+            "1a-1",
+            "1+-1",
         ];
         let mut pairs = Vec::new();
         for a in parts {
@@ -273,10 +307,23 @@ mod tests {
             .arg(&script)
             .output()
             .expect("this test needs dpkg and sh on PATH");
-        assert!(out.status.success(), "dpkg failed: {}", String::from_utf8_lossy(&out.stderr));
-        let answers: Vec<String> =
-            String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect();
-        assert_eq!(answers.len(), pairs.len(), "dpkg answered {} of {}", answers.len(), pairs.len());
+        assert!(
+            out.status.success(),
+            "dpkg failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answers: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            answers.len(),
+            pairs.len(),
+            "dpkg answered {} of {}",
+            answers.len(),
+            pairs.len()
+        );
         for ((a, b), ans) in pairs.iter().zip(&answers) {
             let ours = match v(a).cmp(&v(b)) {
                 Ordering::Less => "<",
