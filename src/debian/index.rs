@@ -25,7 +25,7 @@ pub enum MultiArch {
 impl MultiArch {
     /// Parse a field value; unknown values count as `no`, as dpkg does.
     pub fn parse(s: &str) -> Self {
-        match s.trim() {
+        match s.trim_ascii() {
             "same" => Self::Same,
             "foreign" => Self::Foreign,
             "allowed" => Self::Allowed,
@@ -54,7 +54,7 @@ pub enum Priority {
 impl Priority {
     /// Parse a field value.
     pub fn parse(s: &str) -> Self {
-        match s.trim() {
+        match s.trim_ascii() {
             "required" => Self::Required,
             "important" => Self::Important,
             "standard" => Self::Standard,
@@ -186,10 +186,10 @@ impl PackageIndex {
                 let Some((_, value)) = fields.last_mut() else {
                     return Err(err(
                         idx + 1,
-                        format!("continuation line without a field: `{}`", line.trim()),
+                        format!("continuation line without a field: `{}`", line.trim_ascii()),
                     ));
                 };
-                let cont = line.trim();
+                let cont = line.trim_ascii();
                 let value = value.to_mut();
                 value.push('\n');
                 if cont != "." {
@@ -204,7 +204,7 @@ impl PackageIndex {
             if fields.is_empty() {
                 start = idx + 1;
             }
-            fields.push((name.trim(), Cow::Borrowed(value.trim())));
+            fields.push((name.trim_ascii(), Cow::Borrowed(value.trim_ascii())));
         }
         if !fields.is_empty() {
             let pkg = package_from(&fields, &self.arch, &label).map_err(|m| err(start, m))?;
@@ -382,7 +382,7 @@ fn package_from(
         version,
         architecture: req(f.architecture, "Architecture")?.to_string(),
         multi_arch: f.multi_arch.map(MultiArch::parse).unwrap_or_default(),
-        essential: f.essential.is_some_and(|e| e.trim() == "yes"),
+        essential: f.essential.is_some_and(|e| e.trim_ascii() == "yes"),
         priority: f.priority.map(Priority::parse),
         depends: deps(f.depends, "Depends")?,
         pre_depends: deps(f.pre_depends, "Pre-Depends")?,

@@ -125,7 +125,7 @@ pub struct RelationError {
 
 fn rel_err(text: &str, reason: impl Into<String>) -> RelationError {
     RelationError {
-        text: text.trim().to_string(),
+        text: text.trim_ascii().to_string(),
         reason: reason.into(),
     }
 }
@@ -137,13 +137,13 @@ fn rel_err(text: &str, reason: impl Into<String>) -> RelationError {
 pub fn parse_dependencies(text: &str, arch: &str) -> Result<Vec<Dependency>, RelationError> {
     let mut out = Vec::new();
     for group in text.split(',') {
-        if group.trim().is_empty() {
+        if group.trim_ascii().is_empty() {
             // Tolerate a trailing comma, as dpkg-dev's own output sometimes has.
             continue;
         }
         let mut alts = Vec::new();
         for alt in group.split('|') {
-            if alt.trim().is_empty() {
+            if alt.trim_ascii().is_empty() {
                 return Err(rel_err(group, "empty alternative"));
             }
             if let Some(r) = parse_relation(alt, arch)? {
@@ -161,25 +161,25 @@ pub fn parse_dependencies(text: &str, arch: &str) -> Result<Vec<Dependency>, Rel
 pub fn parse_provides(text: &str) -> Result<Vec<Provide>, RelationError> {
     let mut out = Vec::new();
     for item in text.split(',') {
-        if item.trim().is_empty() {
+        if item.trim_ascii().is_empty() {
             continue;
         }
         let (rest, name) =
-            take_name(item.trim_start()).ok_or_else(|| rel_err(item, "missing name"))?;
-        let rest = rest.trim_start();
+            take_name(item.trim_ascii_start()).ok_or_else(|| rel_err(item, "missing name"))?;
+        let rest = rest.trim_ascii_start();
         let (rest, version) = if let Some(inner) = rest.strip_prefix('(') {
             let (inner, after) = inner
                 .split_once(')')
                 .ok_or_else(|| rel_err(item, "unclosed `(`"))?;
-            let inner = inner.trim();
+            let inner = inner.trim_ascii();
             let v = inner
                 .strip_prefix('=')
                 .ok_or_else(|| rel_err(item, "Provides only allows `=` versions"))?;
-            (after, Some(parse_version(v.trim(), item)?))
+            (after, Some(parse_version(v.trim_ascii(), item)?))
         } else {
             (rest, None)
         };
-        if !rest.trim().is_empty() {
+        if !rest.trim_ascii().is_empty() {
             return Err(rel_err(item, "unexpected trailing text"));
         }
         out.push(Provide {
@@ -208,7 +208,8 @@ pub fn arch_matches(arch: &str, pattern: &str) -> bool {
 
 fn take_name(s: &str) -> Option<(&str, &str)> {
     let end = s
-        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '_')))
+        .bytes()
+        .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'.' | b'+' | b'-' | b'_')))
         .unwrap_or(s.len());
     (end > 0).then(|| (&s[end..], &s[..end]))
 }
@@ -219,11 +220,12 @@ fn parse_version(text: &str, whole: &str) -> Result<Version, RelationError> {
 }
 
 fn parse_relation(alt: &str, arch: &str) -> Result<Option<Relation>, RelationError> {
-    let s = alt.trim_start();
+    let s = alt.trim_ascii_start();
     let (mut rest, name) = take_name(s).ok_or_else(|| rel_err(alt, "missing package name"))?;
     let arch_qual = if let Some(q) = rest.strip_prefix(':') {
         let end = q
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .bytes()
+            .position(|c| !(c.is_ascii_alphanumeric() || c == b'-'))
             .unwrap_or(q.len());
         let qual = &q[..end];
         rest = &q[end..];
@@ -236,15 +238,16 @@ fn parse_relation(alt: &str, arch: &str) -> Result<Option<Relation>, RelationErr
     } else {
         None
     };
-    rest = rest.trim_start();
+    rest = rest.trim_ascii_start();
     let constraint = if let Some(inner) = rest.strip_prefix('(') {
         let (inner, after) = inner
             .split_once(')')
             .ok_or_else(|| rel_err(alt, "unclosed `(`"))?;
-        rest = after.trim_start();
-        let inner = inner.trim();
+        rest = after.trim_ascii_start();
+        let inner = inner.trim_ascii();
         let op_len = inner
-            .find(|c: char| !matches!(c, '<' | '>' | '='))
+            .bytes()
+            .position(|c| !matches!(c, b'<' | b'>' | b'='))
             .unwrap_or(inner.len());
         let op = match &inner[..op_len] {
             "<<" => Op::Lt,
@@ -254,7 +257,7 @@ fn parse_relation(alt: &str, arch: &str) -> Result<Option<Relation>, RelationErr
             ">>" => Op::Gt,
             other => return Err(rel_err(alt, format!("unknown operator `{other}`"))),
         };
-        Some((op, parse_version(inner[op_len..].trim(), alt)?))
+        Some((op, parse_version(inner[op_len..].trim_ascii(), alt)?))
     } else {
         None
     };
@@ -263,7 +266,7 @@ fn parse_relation(alt: &str, arch: &str) -> Result<Option<Relation>, RelationErr
         let (list, after) = inner
             .split_once(']')
             .ok_or_else(|| rel_err(alt, "unclosed `[`"))?;
-        rest = after.trim_start();
+        rest = after.trim_ascii_start();
         let (mut pos, mut neg) = (Vec::new(), Vec::new());
         for a in list.split_whitespace() {
             match a.strip_prefix('!') {
@@ -288,7 +291,7 @@ fn parse_relation(alt: &str, arch: &str) -> Result<Option<Relation>, RelationErr
         let (terms, after) = inner
             .split_once('>')
             .ok_or_else(|| rel_err(alt, "unclosed `<`"))?;
-        rest = after.trim_start();
+        rest = after.trim_ascii_start();
         groups += 1;
         if terms.split_whitespace().all(|t| t.starts_with('!')) {
             any_group_holds = true;
@@ -297,8 +300,8 @@ fn parse_relation(alt: &str, arch: &str) -> Result<Option<Relation>, RelationErr
     if groups > 0 && !any_group_holds {
         keep = false;
     }
-    if !rest.trim().is_empty() {
-        return Err(rel_err(alt, format!("unexpected `{}`", rest.trim())));
+    if !rest.trim_ascii().is_empty() {
+        return Err(rel_err(alt, format!("unexpected `{}`", rest.trim_ascii())));
     }
     Ok(keep.then(|| Relation {
         name: name.to_string(),

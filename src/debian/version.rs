@@ -117,6 +117,19 @@ impl fmt::Display for Version {
     }
 }
 
+impl serde::Serialize for Version {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.raw)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Version {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl Ord for Version {
     fn cmp(&self, other: &Self) -> Ordering {
         self.epoch
@@ -228,6 +241,16 @@ mod tests {
             assert_eq!(e.text, bad);
             assert!(e.to_string().contains(&format!("`{bad}`")), "{e}");
         }
+    }
+
+    #[test]
+    fn serde_round_trip_keeps_text() {
+        let json = serde_json::to_string(&v("1:2.0-1")).unwrap();
+        assert_eq!(json, "\"1:2.0-1\"");
+        let back: Version = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.as_str(), "1:2.0-1");
+        let err = serde_json::from_str::<Version>("\"x y\"").unwrap_err();
+        assert!(err.to_string().contains("`x y`"), "{err}");
     }
 
     #[test]
