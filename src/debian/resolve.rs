@@ -1,12 +1,13 @@
 //! Dependency closure over a [`PackageIndex`], choosing packages the way apt does.
 //!
-//! apt semantics followed here: every package name has one candidate (its highest version,
-//! or the version the request pins); a dependency already satisfied by an installed or
-//! selected package is left alone; otherwise the alternatives are tried in order, each with
-//! its real candidate first and then its providers (essential first, then native
-//! architecture, then higher priority, then the name apt's cache met last). Dependencies are followed depth-first as
-//! soon as a package is chosen, and a choice whose own dependencies fail is undone and the
-//! next alternative tried.
+//! apt semantics followed here (apt-pkg's `MarkInstall`): every package name has one
+//! candidate (its highest version, or the version the request pins); a dependency already
+//! satisfied by an installed or selected package is left alone; otherwise the alternatives
+//! are tried in order, each with its real candidate first and then its providers (essential
+//! first, then native architecture, then higher priority, then the name apt's cache met
+//! last). Requested packages are all marked before any dependency is followed, dependencies
+//! are followed depth-first (Pre-Depends, Depends, Recommends) as soon as a package is
+//! chosen, and a choice whose own dependencies fail is undone and the next one tried.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -34,13 +35,15 @@ pub struct InstalledPackage {
 /// What to resolve.
 #[derive(Clone, Debug, Default)]
 pub struct Request {
-    /// Native architecture, e.g. `amd64`.
+    /// Native architecture, e.g. `amd64`; must equal the index's [`PackageIndex::arch`].
     pub arch: String,
     /// Requested packages: `name`, `name=version`, `name:arch` or `name:arch=version`.
     pub packages: Vec<String>,
     /// Packages lower layers already have: never selected again, and they satisfy dependencies.
     pub installed: Vec<InstalledPackage>,
-    /// Also install the base system: all `Essential: yes` and all `Priority: required` packages.
+    /// Also install the base system the way mmdebstrap's `minbase` does: first the
+    /// `Essential: yes` packages with their dependencies on their own, then every other
+    /// `Priority: required` package (which includes apt) together with [`Self::packages`].
     pub essential_base: bool,
     /// Follow Recommends too (unsatisfiable Recommends are skipped, as apt does).
     pub recommends: bool,
@@ -112,6 +115,14 @@ pub struct Resolution {
 /// Why a request cannot be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
+    /// The request's architecture differs from the index's.
+    #[error("request is for architecture {request}, but the package index is for {index}")]
+    ArchMismatch {
+        /// [`Request::arch`].
+        request: String,
+        /// [`PackageIndex::arch`].
+        index: String,
+    },
     /// A request entry that is not `name[:arch][=version]`.
     #[error("invalid package request `{0}`: expected name, name=version or name:arch")]
     BadRequest(String),
@@ -183,6 +194,12 @@ pub enum ResolveError {
 
 /// Resolve `request` against `index` into the full set of packages to install.
 pub fn resolve(index: &PackageIndex, request: &Request) -> Result<Resolution, ResolveError> {
+    if request.arch != index.arch() {
+        return Err(ResolveError::ArchMismatch {
+            request: request.arch.clone(),
+            index: index.arch().to_string(),
+        });
+    }
     let mut r = Resolver::new(index, request);
     let mut seeds = Vec::new();
     for entry in &request.packages {
