@@ -30,6 +30,25 @@ pub struct InstalledPackage {
     pub provides: Vec<Provide>,
     /// Its Multi-Arch field.
     pub multi_arch: MultiArch,
+    /// Its Conflicts, checked against newly selected packages.
+    pub conflicts: Vec<Dependency>,
+    /// Its Breaks, checked against newly selected packages.
+    pub breaks: Vec<Dependency>,
+}
+
+impl From<&Package> for InstalledPackage {
+    /// What a lower layer built from a resolution has installed.
+    fn from(p: &Package) -> Self {
+        InstalledPackage {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            arch: p.architecture.clone(),
+            provides: p.provides.clone(),
+            multi_arch: p.multi_arch,
+            conflicts: p.conflicts.clone(),
+            breaks: p.breaks.clone(),
+        }
+    }
 }
 
 /// What to resolve.
@@ -281,6 +300,8 @@ struct Resolver<'a> {
     pins: HashMap<&'a str, usize>,
     installed_names: HashMap<&'a str, Vec<usize>>,
     installed_provides: HashMap<&'a str, Vec<usize>>,
+    /// Conflicts/Breaks target name -> installed packages declaring them.
+    installed_negative: HashMap<&'a str, Vec<usize>>,
     /// Selected packages in selection order; undone from the end on backtracking.
     order: Vec<(usize, Reason)>,
     selected: HashMap<&'a str, Vec<usize>>,
@@ -297,8 +318,12 @@ impl<'a> Resolver<'a> {
     fn new(index: &'a PackageIndex, req: &'a Request) -> Self {
         let mut installed_names: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut installed_provides: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut installed_negative: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, p) in req.installed.iter().enumerate() {
             installed_names.entry(&p.name).or_default().push(i);
+            for rel in p.conflicts.iter().chain(&p.breaks).flatten() {
+                installed_negative.entry(&rel.name).or_default().push(i);
+            }
             for prov in &p.provides {
                 installed_provides.entry(&prov.name).or_default().push(i);
             }
@@ -310,6 +335,7 @@ impl<'a> Resolver<'a> {
             pins: HashMap::new(),
             installed_names,
             installed_provides,
+            installed_negative,
             order: Vec::new(),
             selected: HashMap::new(),
             selected_provides: HashMap::new(),
@@ -644,6 +670,24 @@ impl<'a> Resolver<'a> {
                     }
                 }
             }
+            for &i in self.installed_negative.get(name).into_iter().flatten() {
+                let h = &self.req.installed[i];
+                if h.name == p.name {
+                    continue;
+                }
+                for (field, deps) in [("Conflicts", &h.conflicts), ("Breaks", &h.breaks)] {
+                    for rel in deps.iter().flatten().filter(|r| r.name == name) {
+                        if negative_hits(rel, &new) {
+                            let holder = View::installed(h);
+                            let mut e = self.conflict(&holder, field, rel, new.label());
+                            if let ResolveError::Conflict { package, .. } = &mut e {
+                                package.push_str(" (installed in a lower layer)");
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -961,6 +1005,8 @@ mod tests {
                 })
                 .collect(),
             multi_arch: MultiArch::No,
+            conflicts: Vec::new(),
+            breaks: Vec::new(),
         }
     }
 
@@ -1165,6 +1211,16 @@ mod tests {
             e.to_string()
                 .contains("`base-thing 1 (installed in a lower layer)`"),
             "{e}"
+        );
+        // A lower layer's Breaks also hold against new packages; built via From<&Package>.
+        let old = index(&[p("old-tool", "1", "Breaks: keep (<< 2)")]);
+        let mut r = req(&["keep"]);
+        r.installed
+            .push(InstalledPackage::from(old.best("old-tool").unwrap()));
+        let e = resolve(&idx, &r).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`old-tool 1 (installed in a lower layer)` Breaks `keep (<< 2)`, which `keep 1` matches (requested `keep`)"
         );
     }
 
