@@ -155,60 +155,16 @@ impl PackageIndex {
     /// field of a 65k-paragraph index costs more than everything else put together.
     pub fn add(&mut self, origin: &str, text: &str) -> Result<(), IndexError> {
         let label: Arc<str> = Arc::from(origin);
-        let err = |line: usize, message: String| IndexError {
-            origin: origin.to_string(),
-            line,
-            message,
-        };
         let first = self.packages.len();
         // Paragraphs in real indexes average 700-900 bytes; reserving avoids repeated
         // reallocation of this large vector and of the maps below.
         let estimate = text.len() / 700;
         self.packages.reserve(estimate);
         self.by_name.reserve(estimate);
-        let mut fields: Vec<(&str, Cow<str>)> = Vec::with_capacity(32);
-        let mut start = 0;
-        for (idx, raw) in text.split('\n').enumerate() {
-            let line = raw.strip_suffix('\r').unwrap_or(raw);
-            if line.bytes().all(|b| b == b' ' || b == b'\t') {
-                if !fields.is_empty() {
-                    let pkg =
-                        package_from(&fields, &self.arch, &label).map_err(|m| err(start, m))?;
-                    self.packages.push(pkg);
-                    fields.clear();
-                }
-                continue;
-            }
-            if line.starts_with('#') {
-                continue;
-            }
-            if line.starts_with([' ', '\t']) {
-                let Some((_, value)) = fields.last_mut() else {
-                    return Err(err(
-                        idx + 1,
-                        format!("continuation line without a field: `{}`", line.trim_ascii()),
-                    ));
-                };
-                let cont = line.trim_ascii();
-                let value = value.to_mut();
-                value.push('\n');
-                if cont != "." {
-                    value.push_str(cont);
-                }
-                continue;
-            }
-            let Some((name, value)) = line.split_once(':') else {
-                let text: String = line.chars().take(80).collect();
-                return Err(err(idx + 1, format!("malformed control field `{text}`")));
-            };
-            if fields.is_empty() {
-                start = idx + 1;
-            }
-            fields.push((name.trim_ascii(), Cow::Borrowed(value.trim_ascii())));
-        }
-        if !fields.is_empty() {
-            let pkg = package_from(&fields, &self.arch, &label).map_err(|m| err(start, m))?;
-            self.packages.push(pkg);
+        if let Err(e) = scan(text, &self.arch, &label, &mut self.packages) {
+            // Leave the index as it was: no half-added origin.
+            self.packages.truncate(first);
+            return Err(e);
         }
         for (i, pkg) in self.packages.iter().enumerate().skip(first) {
             self.by_name.entry(pkg.name.clone()).or_default().push(i);
@@ -288,6 +244,62 @@ impl PackageIndex {
             .flatten()
             .map(|&i| &self.packages[i])
     }
+}
+
+/// Parse every paragraph of `text` into `out`, with the deb822 rules of `control::parse`.
+fn scan(
+    text: &str,
+    arch: &str,
+    label: &Arc<str>,
+    out: &mut Vec<Package>,
+) -> Result<(), IndexError> {
+    let err = |line: usize, message: String| IndexError {
+        origin: label.to_string(),
+        line,
+        message,
+    };
+    let mut fields: Vec<(&str, Cow<str>)> = Vec::with_capacity(32);
+    let mut start = 0;
+    for (idx, raw) in text.split('\n').enumerate() {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        if line.bytes().all(|b| b == b' ' || b == b'\t') {
+            if !fields.is_empty() {
+                out.push(package_from(&fields, arch, label).map_err(|m| err(start, m))?);
+                fields.clear();
+            }
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            let Some((_, value)) = fields.last_mut() else {
+                return Err(err(
+                    idx + 1,
+                    format!("continuation line without a field: `{}`", line.trim_ascii()),
+                ));
+            };
+            let cont = line.trim_ascii();
+            let value = value.to_mut();
+            value.push('\n');
+            if cont != "." {
+                value.push_str(cont);
+            }
+            continue;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            let text: String = line.chars().take(80).collect();
+            return Err(err(idx + 1, format!("malformed control field `{text}`")));
+        };
+        if fields.is_empty() {
+            start = idx + 1;
+        }
+        fields.push((name.trim_ascii(), Cow::Borrowed(value.trim_ascii())));
+    }
+    if !fields.is_empty() {
+        out.push(package_from(&fields, arch, label).map_err(|m| err(start, m))?);
+    }
+    Ok(())
 }
 
 /// The fields of one paragraph that a [`Package`] needs (names matched case-insensitively).
@@ -478,6 +490,12 @@ mod tests {
             msg.contains("trixie/main") && msg.contains("SHA256") && msg.contains("line 8"),
             "{msg}"
         );
+        assert!(
+            idx.is_empty() && idx.best("ok").is_none(),
+            "failed add left packages behind"
+        );
+        let e = idx.add("z", "Package: a\nnot a field\n").unwrap_err();
+        assert_eq!((e.line, e.origin.as_str()), (2, "z"));
         let e = idx.add("x", &para("v", "a.1", "")).unwrap_err();
         assert!(e.to_string().contains("`a.1`"), "{e}");
         let e = idx
