@@ -6,7 +6,10 @@ use std::process::Command;
 
 use serde::Serialize;
 
+use crate::debian::lock::{LOCK_FILE, LockError, LockFile, LockedLayer};
 use crate::digest::Sha256Digest;
+use crate::fetch::{FetchError, FetchOptions, FetchProgress, Fetcher};
+use crate::packages::{LockMode, PackagesError, Resolver};
 use crate::layer::store::{LayerRecord, LayerStore, LowerView, StoreError};
 use crate::layer::{self, LayerError, PureInputs, tarball};
 use crate::oci::{self, ImageLayer, Layout, LayoutError, model::{Descriptor, REF_NAME}};
@@ -25,8 +28,14 @@ pub enum BuildError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
     /// Fetching an input failed.
-    #[error("fetching {url}: {message}")]
-    Fetch { url: String, message: String },
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// Resolving or locking packages failed.
+    #[error(transparent)]
+    Packages(#[from] PackagesError),
+    /// The lock file failed.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// A tag template could not be expanded.
     #[error("variant `{variant}`: tag `{tag}`: {message}")]
     Tag { variant: String, tag: String, message: String },
@@ -77,21 +86,13 @@ impl GitInfo {
     }
 }
 
-/// Expand `{git_sha}`, `{date}` and `{version}` in a tag template.
-pub fn expand_tag(template: &str, git: &GitInfo, epoch: u64, version: Option<&str>) -> Result<String, String> {
-    let mut out = template.to_string();
-    if out.contains("{git_sha}") {
-        let sha = git.revision.as_deref().ok_or("{git_sha} needs a git checkout")?;
-        out = out.replace("{git_sha}", &sha[..sha.len().min(7)]);
+/// The values tag templates are expanded with.
+pub fn tag_vars(git: &GitInfo, epoch: u64, version: Option<&str>) -> crate::publish::TagVars {
+    crate::publish::TagVars {
+        git_sha: git.revision.clone(),
+        source_date_epoch: Some(epoch as i64),
+        version: version.map(String::from),
     }
-    if out.contains("{date}") {
-        let d = time::OffsetDateTime::from_unix_timestamp(epoch as i64).map_err(|e| e.to_string())?;
-        out = out.replace("{date}", &format!("{:04}{:02}{:02}", d.year(), d.month() as u8, d.day()));
-    }
-    if out.contains("{version}") {
-        out = out.replace("{version}", version.ok_or("{version} needs --version")?);
-    }
-    Ok(out)
 }
 
 /// One layer as planned: its key and, when cached, its record.
@@ -103,16 +104,34 @@ pub struct PlannedLayer {
     pub key: Sha256Digest,
     /// The cached result, if any.
     pub cached: Option<LayerRecord>,
+    /// Locked Debian packages, for package layers.
+    pub packages: Option<LockedLayer>,
 }
 
 /// Compute the keys of a variant's layers for one arch and look them up in the cache.
-pub fn plan(project: &Project, variant: &Variant, arch: &str, store: &LayerStore, epoch: u64) -> Result<Vec<PlannedLayer>, BuildError> {
+///
+/// `locked` maps a layer's position to its locked packages, which are part of its key.
+pub fn plan(
+    project: &Project,
+    variant: &Variant,
+    arch: &str,
+    store: &LayerStore,
+    epoch: u64,
+    locked: &BTreeMap<usize, LockedLayer>,
+) -> Result<Vec<PlannedLayer>, BuildError> {
     let mut parent: Option<Sha256Digest> = None;
     let mut out = Vec::new();
-    for name in &variant.layers {
+    for (i, name) in variant.layers.iter().enumerate() {
         let l = project.layer(name);
-        let key = layer::layer_key(l, arch, variant.compression, epoch, parent.as_ref(), &serde_json::Value::Null)?;
-        out.push(PlannedLayer { name: name.clone(), key, cached: store.get(&key) });
+        let extra = match locked.get(&i) {
+            Some(entry) => serde_json::json!({
+                "bootstrap": entry.bootstrap,
+                "packages": entry.packages.iter().map(|p| (&p.name, &p.version, &p.architecture, p.sha256)).collect::<Vec<_>>(),
+            }),
+            None => serde_json::Value::Null,
+        };
+        let key = layer::layer_key(l, arch, variant.compression, epoch, parent.as_ref(), &extra)?;
+        out.push(PlannedLayer { name: name.clone(), key, cached: store.get(&key), packages: locked.get(&i).cloned() });
         parent = Some(key);
     }
     Ok(out)
@@ -175,7 +194,7 @@ pub struct BuildReport {
 }
 
 /// Progress events for renderers.
-pub trait Progress: Send + Sync {
+pub trait Progress: Send + Sync + FetchProgress {
     /// A layer is about to be assembled (not called for cache hits).
     fn layer_started(&self, variant: &str, arch: &str, layer: &str);
     /// A layer is ready.
@@ -184,6 +203,12 @@ pub trait Progress: Send + Sync {
 
 /// A progress sink that ignores everything.
 pub struct Quiet;
+
+impl FetchProgress for Quiet {
+    fn begin(&self, _: usize, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn item_done(&self, _: &str, _: bool) {}
+}
 
 impl Progress for Quiet {
     fn layer_started(&self, _: &str, _: &str, _: &str) {}
@@ -200,13 +225,28 @@ pub async fn build(project: &Project, variants: &[&Variant], opts: &BuildOptions
             .tags
             .iter()
             .map(|t| {
-                expand_tag(t, &git, opts.epoch, opts.version.as_deref())
-                    .map_err(|message| BuildError::Tag { variant: v.key.clone(), tag: t.clone(), message })
+                crate::publish::expand_tag(t, &tag_vars(&git, opts.epoch, opts.version.as_deref()))
+                    .map_err(|e| BuildError::Tag { variant: v.key.clone(), tag: t.clone(), message: e.to_string() })
             })
             .collect::<Result<Vec<_>, _>>()?;
         tags_of.insert(v.key.clone(), tags);
     }
     let store = LayerStore::open(&opts.cache_dir)?;
+    let fetcher = Fetcher::new(store.cas().clone(), FetchOptions { offline: opts.offline, ..FetchOptions::default() })?;
+    let mut resolver = Resolver::new(&fetcher);
+    let lock_path = project.root.join(LOCK_FILE);
+    let original_lock = LockFile::read(&lock_path)?;
+    let mut lock = original_lock.clone().unwrap_or_else(|| LockFile { lock_version: crate::debian::lock::LOCK_VERSION, ..Default::default() });
+    let mode = if opts.offline { LockMode::Offline } else { LockMode::Frozen };
+    // Resolve (or read from the lock) every package layer before building anything.
+    let mut locked_of: BTreeMap<(String, String), BTreeMap<usize, LockedLayer>> = BTreeMap::new();
+    for v in variants {
+        for arch in &v.archs {
+            let layers = resolver.lock_variant(project, v, arch, &mut lock, mode).await?;
+            locked_of.insert((v.key.clone(), arch.clone()), layers.into_iter().map(|l| (l.position, l.locked)).collect());
+        }
+    }
+    let ctx = BuildCtx { project, store: &store, fetcher: &fetcher, resolver: &resolver, opts, progress };
     let layout = Layout::open_or_create(&opts.layout_dir)?;
     let mut reports = Vec::new();
     let mut refs: Vec<(String, Vec<Descriptor>)> = Vec::new();
@@ -220,7 +260,7 @@ pub async fn build(project: &Project, variants: &[&Variant], opts: &BuildOptions
         let mut annotations = annotations;
         annotations.extend(v.config.annotations.clone());
         for arch in &v.archs {
-            let layers = build_arch(project, v, arch, &store, opts, progress).await?;
+            let layers = build_arch(&ctx, v, arch, &locked_of[&(v.key.clone(), arch.clone())]).await?;
             let image_layers: Vec<ImageLayer> = layers
                 .iter()
                 .map(|(r, rec)| {
@@ -265,6 +305,9 @@ pub async fn build(project: &Project, variants: &[&Variant], opts: &BuildOptions
             archs: arch_reports,
         });
     }
+    if original_lock.as_ref() != Some(&lock) && !lock.layers.is_empty() {
+        lock.write(&lock_path)?;
+    }
     for (name, descriptors) in refs {
         layout.set_refs(&name, descriptors)?;
     }
@@ -290,15 +333,23 @@ fn standard_annotations(v: &Variant, git: &GitInfo, opts: &BuildOptions, tags: &
     a
 }
 
+struct BuildCtx<'a> {
+    project: &'a Project,
+    store: &'a LayerStore,
+    fetcher: &'a Fetcher,
+    resolver: &'a Resolver<'a>,
+    opts: &'a BuildOptions,
+    progress: &'a dyn Progress,
+}
+
 async fn build_arch(
-    project: &Project,
+    ctx: &BuildCtx<'_>,
     v: &Variant,
     arch: &str,
-    store: &LayerStore,
-    opts: &BuildOptions,
-    progress: &dyn Progress,
+    locked: &BTreeMap<usize, LockedLayer>,
 ) -> Result<Vec<(LayerReport, LayerRecord)>, BuildError> {
-    let planned = plan(project, v, arch, store, opts.epoch)?;
+    let (project, store, opts, progress) = (ctx.project, ctx.store, ctx.opts, ctx.progress);
+    let planned = plan(project, v, arch, store, opts.epoch, locked)?;
     let mut done: Vec<(Sha256Digest, LayerRecord)> = Vec::new();
     let mut out = Vec::new();
     for p in planned {
@@ -307,20 +358,30 @@ async fn build_arch(
             None => {
                 progress.layer_started(&v.key, arch, &p.name);
                 let l = project.layer(&p.name);
-                if l.needs_rootfs() {
+                let archives = fetch_archives(ctx.fetcher, l, arch, progress).await?;
+                let rec = if l.needs_rootfs() {
+                    let debs = match &p.packages {
+                        Some(entry) => {
+                            let bases = ctx.resolver.suite_bases(&v.debian, arch)?;
+                            ctx.resolver.fetch_debs(&entry.packages, &bases, progress).await?
+                        }
+                        None => Vec::new(),
+                    };
+                    let _ = debs;
                     return Err(BuildError::Unsupported {
                         variant: v.key.clone(),
                         layer: p.name.clone(),
                         message: "package and run layers are not supported by this build yet".into(),
                     });
-                }
-                let archives = fetch_archives(l, arch, store, opts).await?;
-                let lower = LowerView::new(store, &done)?;
-                let tree = layer::assemble_pure(l, &PureInputs { arch, epoch: opts.epoch, archives: &archives, lower: &lower })?;
-                let blob = tarball::write_layer(tree.entries(), opts.epoch, v.compression, store.cas())
-                    .map_err(|source| LayerError::Tar { layer: p.name.clone(), source })?;
-                let rec = LayerRecord { blob, entries: tree.len() };
-                store.put(&p.key, &rec, &tarball::meta_index(tree.entries()))?;
+                } else {
+                    let lower = LowerView::new(store, &done)?;
+                    let tree = layer::assemble_pure(l, &PureInputs { arch, epoch: opts.epoch, archives: &archives, lower: &lower })?;
+                    let blob = tarball::write_layer(tree.entries(), opts.epoch, v.compression, store.cas())
+                        .map_err(|source| LayerError::Tar { layer: p.name.clone(), source })?;
+                    let rec = LayerRecord { blob, entries: tree.len() };
+                    store.put(&p.key, &rec, &tarball::meta_index(tree.entries()))?;
+                    rec
+                };
                 (rec, false)
             }
         };
@@ -339,31 +400,10 @@ async fn build_arch(
     Ok(out)
 }
 
-async fn fetch_archives(l: &crate::spec::Layer, arch: &str, store: &LayerStore, opts: &BuildOptions) -> Result<Vec<PathBuf>, BuildError> {
-    let mut out = Vec::new();
-    for (url, digest) in layer::archive_sources(l, arch)? {
-        let err = |message: String| BuildError::Fetch { url: url.clone(), message };
-        let cas = store.cas();
-        if cas.verify(&digest).map_err(|e| err(e.to_string()))? {
-            out.push(cas.path(&digest));
-            continue;
-        }
-        let bytes = if url.starts_with("http://") || url.starts_with("https://") {
-            if opts.offline {
-                return Err(err("offline, and not in the cache".into()));
-            }
-            let resp = reqwest::get(&url).await.map_err(|e| err(e.to_string()))?;
-            if !resp.status().is_success() {
-                return Err(err(format!("HTTP {}", resp.status())));
-            }
-            resp.bytes().await.map_err(|e| err(e.to_string()))?.to_vec()
-        } else {
-            std::fs::read(&url).map_err(|e| err(e.to_string()))?
-        };
-        let mut w = cas.writer().map_err(|e| err(e.to_string()))?;
-        std::io::Write::write_all(&mut w, &bytes).map_err(|e| err(e.to_string()))?;
-        w.commit(Some(&digest)).map_err(|e| err(e.to_string()))?;
-        out.push(cas.path(&digest));
-    }
-    Ok(out)
+async fn fetch_archives(fetcher: &Fetcher, l: &crate::spec::Layer, arch: &str, progress: &dyn FetchProgress) -> Result<Vec<PathBuf>, BuildError> {
+    let items = layer::archive_sources(l, arch)?
+        .into_iter()
+        .map(|(url, sha256)| crate::fetch::FetchItem { label: url.clone(), url, sha256, size: None })
+        .collect();
+    Ok(fetcher.fetch_all(items, progress).await?)
 }

@@ -11,5 +11,6 @@ pub mod digest;
 pub mod fetch;
 pub mod layer;
 pub mod oci;
+pub mod packages;
 pub mod publish;
 pub mod spec;

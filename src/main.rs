@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use hakim::build::{self, BuildOptions};
+use std::collections::BTreeMap;
+
+use hakim::debian::lock::{LOCK_FILE, LockFile};
+use hakim::fetch::{FetchOptions, Fetcher};
 use hakim::layer::store::LayerStore;
+use hakim::packages::{self, LockMode, Resolver};
 
 use cli::{Paths, print_json, progress::{Reporter, size}};
 
@@ -52,7 +57,55 @@ enum Command {
         /// Architecture (default: the variant's first).
         #[arg(long)]
         arch: Option<String>,
+        /// Also list each layer's Debian packages (from the lock, resolving when needed).
+        #[arg(long)]
+        packages: bool,
         /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve Debian packages and write hakim.lock (all variants when none is named).
+    Lock {
+        /// Variants to lock.
+        variants: Vec<String>,
+        /// Re-resolve every entry against the current repository.
+        #[arg(long)]
+        update: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download every locked .deb of the variants into the cache.
+    Fetch {
+        /// Variants to fetch for.
+        variants: Vec<String>,
+        /// Make no network requests (checks the cache is complete).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Build if needed, then push variants to <registry>/<namespace>/<image name>.
+    Push {
+        /// Variants to push (all when none is named).
+        variants: Vec<String>,
+        /// Registry and namespace, e.g. ghcr.io/owner or 127.0.0.1:5000/test.
+        #[arg(long)]
+        registry: String,
+        /// Extra tags (templates {git_sha}, {date}, {version} allowed); repeatable.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Add stable release tags vX.Y.Z, vX.Y and latest (clean git tree only).
+        #[arg(long)]
+        release: Option<String>,
+        /// Registry user (with --password-stdin).
+        #[arg(long)]
+        username: Option<String>,
+        /// Read the registry password or token from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Use plain HTTP even for a non-loopback registry.
+        #[arg(long)]
+        plain_http: bool,
+        /// Print pushed references and digests as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -90,20 +143,8 @@ async fn run() -> Result<()> {
             println!("ok: {n} variants, {m} layers in {}", paths.project.display());
         }
         Command::Build { variants, json, offline, version } => {
-            let project = paths.load()?;
-            let selected = project.select(&variants)?;
-            let opts = BuildOptions {
-                cache_dir: paths.cache.clone(),
-                layout_dir: paths.out.join("oci"),
-                epoch: cli::source_date_epoch()?,
-                version,
-                offline,
-            };
-            let reporter = Reporter::new(json);
             let started = std::time::Instant::now();
-            let report = build::build(&project, &selected, &opts, &reporter).await;
-            reporter.finish();
-            let report = report?;
+            let report = run_build(&paths, &variants, json, offline, version).await?;
             if json {
                 print_json(&report)?;
             } else {
@@ -113,27 +154,41 @@ async fn run() -> Result<()> {
                 eprintln!("built {} variant(s) into {} in {:.2?}", report.variants.len(), report.layout.display(), started.elapsed());
             }
         }
-        Command::Inspect { variant, arch, json } => {
+        Command::Inspect { variant, arch, packages, json } => {
             let project = paths.load()?;
             let v = project.variant(&variant)?;
             let arch = arch.unwrap_or_else(|| v.archs[0].clone());
             let store = LayerStore::open(&paths.cache)?;
-            let planned = build::plan(&project, v, &arch, &store, cli::source_date_epoch()?)?;
-            let layers: Vec<_> = planned
-                .iter()
-                .map(|p| {
-                    serde_json::json!({
-                        "name": p.name,
-                        "key": p.key,
-                        "cached": p.cached.is_some(),
-                        "digest": p.cached.as_ref().map(|c| c.blob.digest),
-                        "diff_id": p.cached.as_ref().map(|c| c.blob.diff_id),
-                        "size": p.cached.as_ref().map(|c| c.blob.size),
-                        "media_type": p.cached.as_ref().map(|c| c.blob.media_type.clone()),
-                    })
-                })
-                .collect();
+            let lock_path = project.root.join(LOCK_FILE);
+            let mut lock = LockFile::read(&lock_path)?.unwrap_or_default();
+            let fetcher = Fetcher::new(store.cas().clone(), FetchOptions { offline: !packages, ..FetchOptions::default() })?;
+            let mut resolver = Resolver::new(&fetcher);
+            let mode = if packages { LockMode::Refresh } else { LockMode::Offline };
+            let locked: BTreeMap<usize, _> = match resolver.lock_variant(&project, v, &arch, &mut lock, mode).await {
+                Ok(layers) => layers.into_iter().map(|l| (l.position, l.locked)).collect(),
+                Err(e) if !packages => {
+                    eprintln!("note: {e}");
+                    BTreeMap::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let planned = build::plan(&project, v, &arch, &store, cli::source_date_epoch()?, &locked)?;
             if json {
+                let layers: Vec<_> = planned
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "name": p.name,
+                            "key": p.key,
+                            "cached": p.cached.is_some(),
+                            "digest": p.cached.as_ref().map(|c| c.blob.digest),
+                            "diff_id": p.cached.as_ref().map(|c| c.blob.diff_id),
+                            "size": p.cached.as_ref().map(|c| c.blob.size),
+                            "media_type": p.cached.as_ref().map(|c| c.blob.media_type.clone()),
+                            "packages": p.packages.as_ref().map(|l| &l.packages),
+                        })
+                    })
+                    .collect();
                 print_json(&serde_json::json!({
                     "variant": v.key, "name": v.name, "arch": arch, "archs": v.archs,
                     "compression": v.compression, "tags": v.tags, "layers": layers, "config": v.config,
@@ -145,10 +200,88 @@ async fn run() -> Result<()> {
                         Some(c) => println!("  {:<14} {} {:>10}  cached", p.name, c.blob.digest, size(c.blob.size)),
                         None => println!("  {:<14} {:<71} {:>10}  not built", p.name, "-", "-"),
                     }
+                    if packages && let Some(l) = &p.packages {
+                        for pkg in &l.packages {
+                            println!("      {:<40} {:<32} {}", pkg.name, pkg.version, pkg.architecture);
+                        }
+                    }
                 }
                 println!("config: {}", serde_json::to_string(&v.config)?);
             }
         }
+        Command::Lock { variants, update, json } => {
+            let project = paths.load()?;
+            let selected = project.select(&variants)?;
+            let store = LayerStore::open(&paths.cache)?;
+            let fetcher = Fetcher::new(store.cas().clone(), FetchOptions::default())?;
+            let report = packages::lock_project(&project, &selected, &fetcher, update).await?;
+            if json {
+                print_json(&report)?;
+            } else {
+                for r in &report {
+                    let layers: Vec<String> = r.layers.iter().map(|(l, n)| format!("{l}: {n}")).collect();
+                    println!("{}/{}: {}", r.variant, r.arch, if layers.is_empty() { "no package layers".into() } else { layers.join(", ") });
+                }
+                eprintln!("wrote {}", project.root.join(LOCK_FILE).display());
+            }
+        }
+        Command::Fetch { variants, offline } => {
+            let project = paths.load()?;
+            let selected = project.select(&variants)?;
+            let store = LayerStore::open(&paths.cache)?;
+            let fetcher = Fetcher::new(store.cas().clone(), FetchOptions { offline, ..FetchOptions::default() })?;
+            let mut resolver = Resolver::new(&fetcher);
+            let mut lock = LockFile::read(&project.root.join(LOCK_FILE))?.unwrap_or_default();
+            let reporter = Reporter::new(false);
+            let mode = if offline { LockMode::Offline } else { LockMode::Frozen };
+            let mut total = 0;
+            for v in &selected {
+                for arch in &v.archs {
+                    let layers = resolver.lock_variant(&project, v, arch, &mut lock, mode).await?;
+                    let bases = resolver.suite_bases(&v.debian, arch)?;
+                    for l in layers {
+                        total += resolver.fetch_debs(&l.locked.packages, &bases, &reporter).await?.len();
+                    }
+                }
+            }
+            reporter.finish();
+            let stats = fetcher.stats();
+            println!("{total} packages in the cache; {} requests, {} downloaded", stats.requests, size(stats.bytes));
+        }
+        Command::Push { variants, registry, tags, release, username, password_stdin, plain_http, json } => {
+            let report = run_build(&paths, &variants, json, false, release.clone()).await?;
+            let args = cli::publish::PushArgs { registry, tags, release: release.clone(), username, password_stdin, plain_http };
+            let reports = cli::publish::push(&paths.project, &report, &args, cli::source_date_epoch()?, release.as_deref()).await?;
+            if json {
+                print_json(&reports)?;
+            } else {
+                for r in &reports {
+                    for reference in &r.references {
+                        println!("{reference}");
+                    }
+                    eprintln!(
+                        "{}: {} blobs uploaded ({}), {} mounted, {} already there",
+                        r.repository, r.blobs_uploaded, size(r.bytes_uploaded), r.blobs_mounted, r.blobs_present
+                    );
+                }
+            }
+        }
     }
     Ok(())
+}
+
+async fn run_build(paths: &Paths, variants: &[String], quiet: bool, offline: bool, version: Option<String>) -> Result<build::BuildReport> {
+    let project = paths.load()?;
+    let selected = project.select(variants)?;
+    let opts = BuildOptions {
+        cache_dir: paths.cache.clone(),
+        layout_dir: paths.out.join("oci"),
+        epoch: cli::source_date_epoch()?,
+        version,
+        offline,
+    };
+    let reporter = Reporter::new(quiet);
+    let report = build::build(&project, &selected, &opts, &reporter).await;
+    reporter.finish();
+    Ok(report?)
 }

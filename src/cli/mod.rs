@@ -1,6 +1,7 @@
 //! Command-line plumbing shared by the subcommands: paths and output.
 
 pub mod progress;
+pub mod publish;
 
 use std::path::PathBuf;
 

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use hakim::build::{LayerReport, Progress};
+use hakim::fetch::FetchProgress;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Progress on stderr, chosen by whether stderr is a terminal.
@@ -11,6 +12,16 @@ pub struct Reporter {
     bar: Option<ProgressBar>,
     quiet: bool,
     lock: Mutex<()>,
+    fetch: Mutex<FetchTally>,
+}
+
+#[derive(Default)]
+struct FetchTally {
+    items: usize,
+    bytes: u64,
+    done: usize,
+    cached: usize,
+    got: u64,
 }
 
 impl Reporter {
@@ -22,7 +33,7 @@ impl Reporter {
             b.enable_steady_tick(std::time::Duration::from_millis(120));
             b
         });
-        Self { bar, quiet, lock: Mutex::new(()) }
+        Self { bar, quiet, lock: Mutex::new(()), fetch: Mutex::new(FetchTally::default()) }
     }
 
     /// Print a line above the bar (or plainly).
@@ -80,5 +91,33 @@ impl Progress for Reporter {
             &r.digest.hex()[..12],
             size(r.size)
         ));
+    }
+}
+
+impl FetchProgress for Reporter {
+    fn begin(&self, items: usize, bytes: u64) {
+        let mut t = self.fetch.lock().expect("tally");
+        *t = FetchTally { items, bytes, ..FetchTally::default() };
+    }
+
+    fn advance(&self, bytes: u64) {
+        let mut t = self.fetch.lock().expect("tally");
+        t.got += bytes;
+        let msg = format!("fetching {}/{} packages, {} / {}", t.done, t.items, size(t.got), size(t.bytes));
+        drop(t);
+        self.status(&msg);
+    }
+
+    fn item_done(&self, _label: &str, cached: bool) {
+        let mut t = self.fetch.lock().expect("tally");
+        t.done += 1;
+        t.cached += usize::from(cached);
+        let finished = t.done == t.items;
+        let msg = format!("fetched {}/{} files ({} from cache), {}", t.done, t.items, t.cached, size(t.got));
+        drop(t);
+        self.status(&msg);
+        if finished && self.bar.is_none() && !self.quiet {
+            self.line(&msg);
+        }
     }
 }

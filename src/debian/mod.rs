@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod index;
+pub mod lock;
 pub mod relation;
 pub mod release;
 pub mod repo;

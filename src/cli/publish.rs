@@ -1,0 +1,82 @@
+//! `hakim push`: build if needed, then push each variant with its tags.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use hakim::build::{BuildReport, GitInfo, tag_vars};
+use hakim::publish::{Credentials, Publisher, PushOptions, PushReport, expand_tag, release_tags, step_summary};
+
+/// Arguments of `hakim push` after parsing.
+pub struct PushArgs {
+    /// `<registry>/<namespace>`.
+    pub registry: String,
+    /// Extra tag templates.
+    pub tags: Vec<String>,
+    /// `vX.Y.Z` for stable release tags.
+    pub release: Option<String>,
+    /// Username for `--password-stdin`.
+    pub username: Option<String>,
+    /// Read the password from stdin.
+    pub password_stdin: bool,
+    /// Force plain HTTP.
+    pub plain_http: bool,
+}
+
+fn git_clean(dir: &Path) -> Result<bool> {
+    let out = Command::new("git").arg("-C").arg(dir).args(["status", "--porcelain"]).output().context("running git status")?;
+    if !out.status.success() {
+        bail!("--release needs a git checkout: `git status` failed in {}", dir.display());
+    }
+    Ok(out.stdout.is_empty())
+}
+
+/// Push every built variant of `built` to `args.registry`.
+pub async fn push(project_root: &Path, built: &BuildReport, args: &PushArgs, epoch: u64, version: Option<&str>) -> Result<Vec<PushReport>> {
+    let mut opts = PushOptions::from_env();
+    opts.plain_http = args.plain_http;
+    if args.password_stdin {
+        let user = args.username.clone().context("--password-stdin needs --username")?;
+        let mut password = String::new();
+        std::io::stdin().read_to_string(&mut password).context("reading the password from stdin")?;
+        opts.credentials = Some(Credentials::new(user, password.trim_end_matches(['\n', '\r'])));
+    }
+    let git = GitInfo::discover(project_root);
+    let vars = tag_vars(&git, epoch, version.or(args.release.as_deref()));
+    let mut extra = Vec::new();
+    for t in &args.tags {
+        extra.push(expand_tag(t, &vars)?);
+    }
+    if let Some(r) = &args.release {
+        if !git_clean(project_root)? {
+            bail!("--release {r}: the git tree has uncommitted changes; release tags are only pushed from a clean tree");
+        }
+        extra.extend(release_tags(r)?);
+    }
+    let publisher = Publisher::new(opts);
+    let mut reports = Vec::new();
+    // Bases first, so their blobs exist for later variants to mount.
+    let mut variants: Vec<_> = built.variants.iter().collect();
+    variants.sort_by_key(|v| v.archs.first().map_or(0, |a| a.layers.len()));
+    for v in variants {
+        let source = v.refs.first().context("variant has no tags")?;
+        let mut tags: Vec<String> = v.refs.iter().filter_map(|r| r.rsplit_once(':').map(|(_, t)| t.to_string())).collect();
+        for t in &extra {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        let target = format!("{}/{}", args.registry.trim_end_matches('/'), v.name);
+        let report = publisher.push(&built.layout, source, &target, &tags).await?;
+        reports.push(report);
+    }
+    if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY")
+        && !path.is_empty()
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {path}"))?;
+        f.write_all(step_summary(&reports).as_bytes())?;
+    }
+    Ok(reports)
+}
