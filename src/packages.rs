@@ -308,7 +308,14 @@ impl<'a> Resolver<'a> {
                 label: format!("{}_{}_{}", p.name, p.version, p.architecture),
             })
             .collect();
-        Ok(self.fetcher.fetch_all(items, progress).await?)
+        self.fetcher.fetch_all(items, progress).await.map_err(|e| match e {
+            // The mirror moved on: say which locked package is gone and what to do.
+            FetchError::Status { ref url, status: 404 } => match packages.iter().find(|p| url.ends_with(&p.path)) {
+                Some(p) => PackagesError::Gone { name: p.name.clone(), version: p.version.clone(), arch: p.architecture.clone() },
+                None => e.into(),
+            },
+            e => e.into(),
+        })
     }
 }
 
