@@ -9,10 +9,13 @@ use serde::Serialize;
 use crate::debian::lock::{LOCK_FILE, LockError, LockFile, LockedLayer};
 use crate::digest::Sha256Digest;
 use crate::fetch::{FetchError, FetchOptions, FetchProgress, Fetcher};
-use crate::packages::{LockMode, PackagesError, Resolver};
 use crate::layer::store::{LayerRecord, LayerStore, LowerView, StoreError};
 use crate::layer::{self, LayerError, PureInputs, tarball};
-use crate::oci::{self, ImageLayer, Layout, LayoutError, model::{Descriptor, REF_NAME}};
+use crate::oci::{
+    self, ImageLayer, Layout, LayoutError,
+    model::{Descriptor, REF_NAME},
+};
+use crate::packages::{LockMode, PackagesError, Resolver};
 use crate::spec::{Project, Variant};
 
 /// Errors from a build.
@@ -38,10 +41,17 @@ pub enum BuildError {
     Lock(#[from] LockError),
     /// A tag template could not be expanded.
     #[error("variant `{variant}`: tag `{tag}`: {message}")]
-    Tag { variant: String, tag: String, message: String },
-    /// A layer needs a feature this build cannot provide.
-    #[error("variant `{variant}`, layer `{layer}`: {message}")]
-    Unsupported { variant: String, layer: String, message: String },
+    Tag {
+        variant: String,
+        tag: String,
+        message: String,
+    },
+    /// Building a package or run layer failed.
+    #[error(transparent)]
+    Install(#[from] crate::layer::install::InstallError),
+    /// Unpacking a lower layer failed.
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
 }
 
 /// Settings of one build.
@@ -72,7 +82,12 @@ impl GitInfo {
     /// Ask git about the project directory; absent facts stay `None`.
     pub fn discover(dir: &Path) -> Self {
         let git = |args: &[&str]| -> Option<String> {
-            let out = Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(dir)
+                .args(args)
+                .output()
+                .ok()?;
             let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
             (out.status.success() && !s.is_empty()).then_some(s)
         };
@@ -82,7 +97,10 @@ impl GitInfo {
                 None => u.trim_end_matches(".git").to_string(),
             }
         });
-        Self { revision: git(&["rev-parse", "HEAD"]), source }
+        Self {
+            revision: git(&["rev-parse", "HEAD"]),
+            source,
+        }
     }
 }
 
@@ -118,6 +136,7 @@ pub fn plan(
     store: &LayerStore,
     epoch: u64,
     locked: &BTreeMap<usize, LockedLayer>,
+    apt_sources: Option<&str>,
 ) -> Result<Vec<PlannedLayer>, BuildError> {
     let mut parent: Option<Sha256Digest> = None;
     let mut out = Vec::new();
@@ -126,12 +145,18 @@ pub fn plan(
         let extra = match locked.get(&i) {
             Some(entry) => serde_json::json!({
                 "bootstrap": entry.bootstrap,
+                "apt_sources": if entry.bootstrap { apt_sources } else { None },
                 "packages": entry.packages.iter().map(|p| (&p.name, &p.version, &p.architecture, p.sha256)).collect::<Vec<_>>(),
             }),
             None => serde_json::Value::Null,
         };
         let key = layer::layer_key(l, arch, variant.compression, epoch, parent.as_ref(), &extra)?;
-        out.push(PlannedLayer { name: name.clone(), key, cached: store.get(&key), packages: locked.get(&i).cloned() });
+        out.push(PlannedLayer {
+            name: name.clone(),
+            key,
+            cached: store.get(&key),
+            packages: locked.get(&i).cloned(),
+        });
         parent = Some(key);
     }
     Ok(out)
@@ -216,7 +241,12 @@ impl Progress for Quiet {
 }
 
 /// Build variants into the layout; the layout's `index.json` changes only if everything succeeded.
-pub async fn build(project: &Project, variants: &[&Variant], opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildReport, BuildError> {
+pub async fn build(
+    project: &Project,
+    variants: &[&Variant],
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildReport, BuildError> {
     let git = GitInfo::discover(&project.root);
     // Expand every tag first, so a bad template fails before any work.
     let mut tags_of = BTreeMap::new();
@@ -226,27 +256,56 @@ pub async fn build(project: &Project, variants: &[&Variant], opts: &BuildOptions
             .iter()
             .map(|t| {
                 crate::publish::expand_tag(t, &tag_vars(&git, opts.epoch, opts.version.as_deref()))
-                    .map_err(|e| BuildError::Tag { variant: v.key.clone(), tag: t.clone(), message: e.to_string() })
+                    .map_err(|e| BuildError::Tag {
+                        variant: v.key.clone(),
+                        tag: t.clone(),
+                        message: e.to_string(),
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         tags_of.insert(v.key.clone(), tags);
     }
     let store = LayerStore::open(&opts.cache_dir)?;
-    let fetcher = Fetcher::new(store.cas().clone(), FetchOptions { offline: opts.offline, ..FetchOptions::default() })?;
+    let fetcher = Fetcher::new(
+        store.cas().clone(),
+        FetchOptions {
+            offline: opts.offline,
+            ..FetchOptions::default()
+        },
+    )?;
     let mut resolver = Resolver::new(&fetcher);
     let lock_path = project.root.join(LOCK_FILE);
     let original_lock = LockFile::read(&lock_path)?;
-    let mut lock = original_lock.clone().unwrap_or_else(|| LockFile { lock_version: crate::debian::lock::LOCK_VERSION, ..Default::default() });
-    let mode = if opts.offline { LockMode::Offline } else { LockMode::Frozen };
+    let mut lock = original_lock.clone().unwrap_or_else(|| LockFile {
+        lock_version: crate::debian::lock::LOCK_VERSION,
+        ..Default::default()
+    });
+    let mode = if opts.offline {
+        LockMode::Offline
+    } else {
+        LockMode::Frozen
+    };
     // Resolve (or read from the lock) every package layer before building anything.
     let mut locked_of: BTreeMap<(String, String), BTreeMap<usize, LockedLayer>> = BTreeMap::new();
     for v in variants {
         for arch in &v.archs {
-            let layers = resolver.lock_variant(project, v, arch, &mut lock, mode).await?;
-            locked_of.insert((v.key.clone(), arch.clone()), layers.into_iter().map(|l| (l.position, l.locked)).collect());
+            let layers = resolver
+                .lock_variant(project, v, arch, &mut lock, mode)
+                .await?;
+            locked_of.insert(
+                (v.key.clone(), arch.clone()),
+                layers.into_iter().map(|l| (l.position, l.locked)).collect(),
+            );
         }
     }
-    let ctx = BuildCtx { project, store: &store, fetcher: &fetcher, resolver: &resolver, opts, progress };
+    let ctx = BuildCtx {
+        project,
+        store: &store,
+        fetcher: &fetcher,
+        resolver: &resolver,
+        opts,
+        progress,
+    };
     let layout = Layout::open_or_create(&opts.layout_dir)?;
     let mut reports = Vec::new();
     let mut refs: Vec<(String, Vec<Descriptor>)> = Vec::new();
@@ -260,18 +319,31 @@ pub async fn build(project: &Project, variants: &[&Variant], opts: &BuildOptions
         let mut annotations = annotations;
         annotations.extend(v.config.annotations.clone());
         for arch in &v.archs {
-            let layers = build_arch(&ctx, v, arch, &locked_of[&(v.key.clone(), arch.clone())]).await?;
+            let layers =
+                build_arch(&ctx, v, arch, &locked_of[&(v.key.clone(), arch.clone())]).await?;
             let image_layers: Vec<ImageLayer> = layers
                 .iter()
                 .map(|(r, rec)| {
                     let l = project.layer(&r.name);
-                    ImageLayer { blob: rec.blob.clone(), name: r.name.clone(), comment: l.spec.description.clone() }
+                    ImageLayer {
+                        blob: rec.blob.clone(),
+                        name: r.name.clone(),
+                        comment: l.spec.description.clone(),
+                    }
                 })
                 .collect();
             for il in &image_layers {
                 layout.put_blob_file(&store.cas().path(&il.blob.digest), &il.blob.digest)?;
             }
-            let written = oci::write_manifest(&layout, arch, &image_layers, &v.config, &labels, &annotations, opts.epoch)?;
+            let written = oci::write_manifest(
+                &layout,
+                arch,
+                &image_layers,
+                &v.config,
+                &labels,
+                &annotations,
+                opts.epoch,
+            )?;
             arch_reports.push(ArchReport {
                 arch: arch.clone(),
                 manifest: written.descriptor.digest,
@@ -291,7 +363,8 @@ pub async fn build(project: &Project, variants: &[&Variant], opts: &BuildOptions
             .iter()
             .map(|t| {
                 let mut d = top.clone();
-                d.annotations.insert(REF_NAME.into(), format!("{}:{t}", v.name));
+                d.annotations
+                    .insert(REF_NAME.into(), format!("{}:{t}", v.name));
                 d
             })
             .collect();
@@ -311,15 +384,29 @@ pub async fn build(project: &Project, variants: &[&Variant], opts: &BuildOptions
     for (name, descriptors) in refs {
         layout.set_refs(&name, descriptors)?;
     }
-    Ok(BuildReport { layout: opts.layout_dir.clone(), variants: reports })
+    Ok(BuildReport {
+        layout: opts.layout_dir.clone(),
+        variants: reports,
+    })
 }
 
-fn standard_annotations(v: &Variant, git: &GitInfo, opts: &BuildOptions, tags: &[String]) -> BTreeMap<String, String> {
+fn standard_annotations(
+    v: &Variant,
+    git: &GitInfo,
+    opts: &BuildOptions,
+    tags: &[String],
+) -> BTreeMap<String, String> {
     let mut a = BTreeMap::new();
     a.insert("org.opencontainers.image.title".to_string(), v.name.clone());
-    a.insert("org.opencontainers.image.created".to_string(), oci::rfc3339(opts.epoch));
+    a.insert(
+        "org.opencontainers.image.created".to_string(),
+        oci::rfc3339(opts.epoch),
+    );
     if let Some(d) = &v.description {
-        a.insert("org.opencontainers.image.description".to_string(), d.clone());
+        a.insert(
+            "org.opencontainers.image.description".to_string(),
+            d.clone(),
+        );
     }
     if let Some(s) = &git.source {
         a.insert("org.opencontainers.image.source".to_string(), s.clone());
@@ -349,7 +436,17 @@ async fn build_arch(
     locked: &BTreeMap<usize, LockedLayer>,
 ) -> Result<Vec<(LayerReport, LayerRecord)>, BuildError> {
     let (project, store, opts, progress) = (ctx.project, ctx.store, ctx.opts, ctx.progress);
-    let planned = plan(project, v, arch, store, opts.epoch, locked)?;
+    let bases = ctx.resolver.suite_bases(&v.debian, arch)?;
+    let apt_sources = crate::packages::image_apt_sources(&v.debian, &bases);
+    let planned = plan(
+        project,
+        v,
+        arch,
+        store,
+        opts.epoch,
+        locked,
+        apt_sources.as_deref(),
+    )?;
     let mut done: Vec<(Sha256Digest, LayerRecord)> = Vec::new();
     let mut out = Vec::new();
     for p in planned {
@@ -363,22 +460,45 @@ async fn build_arch(
                     let debs = match &p.packages {
                         Some(entry) => {
                             let bases = ctx.resolver.suite_bases(&v.debian, arch)?;
-                            ctx.resolver.fetch_debs(&entry.packages, &bases, progress).await?
+                            ctx.resolver
+                                .fetch_debs(&entry.packages, &bases, progress)
+                                .await?
                         }
                         None => Vec::new(),
                     };
-                    let _ = debs;
-                    return Err(BuildError::Unsupported {
-                        variant: v.key.clone(),
-                        layer: p.name.clone(),
-                        message: "package and run layers are not supported by this build yet".into(),
-                    });
+                    let sources = p
+                        .packages
+                        .as_ref()
+                        .filter(|e| e.bootstrap)
+                        .and(apt_sources.as_deref());
+                    tokio::task::block_in_place(|| {
+                        build_rootfs_layer(ctx, v, arch, &p, &done, &debs, &archives, sources)
+                    })?
                 } else {
                     let lower = LowerView::new(store, &done)?;
-                    let tree = layer::assemble_pure(l, &PureInputs { arch, epoch: opts.epoch, archives: &archives, lower: &lower })?;
-                    let blob = tarball::write_layer(tree.entries(), opts.epoch, v.compression, store.cas())
-                        .map_err(|source| LayerError::Tar { layer: p.name.clone(), source })?;
-                    let rec = LayerRecord { blob, entries: tree.len() };
+                    let tree = layer::assemble_pure(
+                        l,
+                        &PureInputs {
+                            arch,
+                            epoch: opts.epoch,
+                            archives: &archives,
+                            lower: &lower,
+                        },
+                    )?;
+                    let blob = tarball::write_layer(
+                        tree.entries(),
+                        opts.epoch,
+                        v.compression,
+                        store.cas(),
+                    )
+                    .map_err(|source| LayerError::Tar {
+                        layer: p.name.clone(),
+                        source,
+                    })?;
+                    let rec = LayerRecord {
+                        blob,
+                        entries: tree.len(),
+                    };
                     store.put(&p.key, &rec, &tarball::meta_index(tree.entries()))?;
                     rec
                 };
@@ -400,10 +520,78 @@ async fn build_arch(
     Ok(out)
 }
 
-async fn fetch_archives(fetcher: &Fetcher, l: &crate::spec::Layer, arch: &str, progress: &dyn FetchProgress) -> Result<Vec<PathBuf>, BuildError> {
+#[allow(clippy::too_many_arguments)]
+fn build_rootfs_layer(
+    ctx: &BuildCtx<'_>,
+    v: &Variant,
+    arch: &str,
+    p: &PlannedLayer,
+    done: &[(Sha256Digest, LayerRecord)],
+    debs: &[PathBuf],
+    archives: &[PathBuf],
+    apt_sources: Option<&str>,
+) -> Result<LayerRecord, BuildError> {
+    let rootfs_cache = crate::rootfs::RootfsCache::new(&ctx.opts.cache_dir);
+    let lowers = done
+        .iter()
+        .map(|(_, rec)| {
+            rootfs_cache.ensure(
+                &ctx.store.cas().path(&rec.blob.digest),
+                &rec.blob.media_type,
+                &rec.blob.diff_id,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let built = crate::layer::install::build(&crate::layer::install::RootfsLayer {
+        layer: ctx.project.layer(&p.name),
+        arch,
+        epoch: ctx.opts.epoch,
+        lowers,
+        packages: p.packages.as_ref(),
+        debs,
+        archives,
+        apt_sources,
+        scratch: &ctx.opts.cache_dir.join("tmp"),
+    })?;
+    let blob = tarball::write_layer(
+        built.entries.iter(),
+        ctx.opts.epoch,
+        v.compression,
+        ctx.store.cas(),
+    )
+    .map_err(|source| LayerError::Tar {
+        layer: p.name.clone(),
+        source,
+    })?;
+    let rec = LayerRecord {
+        blob,
+        entries: built.entries.len(),
+    };
+    ctx.store
+        .put(&p.key, &rec, &tarball::meta_index(built.entries.iter()))?;
+    // The upper dir already is this layer unpacked; keep it for the layers above.
+    let dest = rootfs_cache.path(&rec.blob.diff_id);
+    if !dest.exists() {
+        let _ = std::fs::create_dir_all(dest.parent().expect("cache path has a parent"));
+        let _ = std::fs::rename(&built.upper, &dest);
+    }
+    Ok(rec)
+}
+
+async fn fetch_archives(
+    fetcher: &Fetcher,
+    l: &crate::spec::Layer,
+    arch: &str,
+    progress: &dyn FetchProgress,
+) -> Result<Vec<PathBuf>, BuildError> {
     let items = layer::archive_sources(l, arch)?
         .into_iter()
-        .map(|(url, sha256)| crate::fetch::FetchItem { label: url.clone(), url, sha256, size: None })
+        .map(|(url, sha256)| crate::fetch::FetchItem {
+            label: url.clone(),
+            url,
+            sha256,
+            size: None,
+        })
         .collect();
     Ok(fetcher.fetch_all(items, progress).await?)
 }

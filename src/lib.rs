@@ -13,4 +13,5 @@ pub mod layer;
 pub mod oci;
 pub mod packages;
 pub mod publish;
+pub mod rootfs;
 pub mod spec;

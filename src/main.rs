@@ -14,10 +14,17 @@ use hakim::fetch::{FetchOptions, Fetcher};
 use hakim::layer::store::LayerStore;
 use hakim::packages::{self, LockMode, Resolver};
 
-use cli::{Paths, print_json, progress::{Reporter, size}};
+use cli::{
+    Paths, print_json,
+    progress::{Reporter, size},
+};
 
 #[derive(Parser)]
-#[command(name = "hakim", version, about = "Build, test and publish Hakim workspace images")]
+#[command(
+    name = "hakim",
+    version,
+    about = "Build, test and publish Hakim workspace images"
+)]
 struct Cli {
     /// Project directory (default: nearest parent holding `variants/`).
     #[arg(long, global = true, env = "HAKIM_PROJECT")]
@@ -40,6 +47,9 @@ enum Command {
     Build {
         /// Variants to build.
         variants: Vec<String>,
+        /// Build every variant (the same as naming none).
+        #[arg(long, conflicts_with = "variants")]
+        all: bool,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -140,9 +150,18 @@ async fn run() -> Result<()> {
             let project = paths.load()?;
             let n = project.variants().count();
             let m = project.layers().count();
-            println!("ok: {n} variants, {m} layers in {}", paths.project.display());
+            println!(
+                "ok: {n} variants, {m} layers in {}",
+                paths.project.display()
+            );
         }
-        Command::Build { variants, json, offline, version } => {
+        Command::Build {
+            variants,
+            all: _,
+            json,
+            offline,
+            version,
+        } => {
             let started = std::time::Instant::now();
             let report = run_build(&paths, &variants, json, offline, version).await?;
             if json {
@@ -151,20 +170,43 @@ async fn run() -> Result<()> {
                 for v in &report.variants {
                     println!("{} {}", v.digest, v.refs.join(" "));
                 }
-                eprintln!("built {} variant(s) into {} in {:.2?}", report.variants.len(), report.layout.display(), started.elapsed());
+                eprintln!(
+                    "built {} variant(s) into {} in {:.2?}",
+                    report.variants.len(),
+                    report.layout.display(),
+                    started.elapsed()
+                );
             }
         }
-        Command::Inspect { variant, arch, packages, json } => {
+        Command::Inspect {
+            variant,
+            arch,
+            packages,
+            json,
+        } => {
             let project = paths.load()?;
             let v = project.variant(&variant)?;
             let arch = arch.unwrap_or_else(|| v.archs[0].clone());
             let store = LayerStore::open(&paths.cache)?;
             let lock_path = project.root.join(LOCK_FILE);
             let mut lock = LockFile::read(&lock_path)?.unwrap_or_default();
-            let fetcher = Fetcher::new(store.cas().clone(), FetchOptions { offline: !packages, ..FetchOptions::default() })?;
+            let fetcher = Fetcher::new(
+                store.cas().clone(),
+                FetchOptions {
+                    offline: !packages,
+                    ..FetchOptions::default()
+                },
+            )?;
             let mut resolver = Resolver::new(&fetcher);
-            let mode = if packages { LockMode::Refresh } else { LockMode::Offline };
-            let locked: BTreeMap<usize, _> = match resolver.lock_variant(&project, v, &arch, &mut lock, mode).await {
+            let mode = if packages {
+                LockMode::Refresh
+            } else {
+                LockMode::Offline
+            };
+            let locked: BTreeMap<usize, _> = match resolver
+                .lock_variant(&project, v, &arch, &mut lock, mode)
+                .await
+            {
                 Ok(layers) => layers.into_iter().map(|l| (l.position, l.locked)).collect(),
                 Err(e) if !packages => {
                     eprintln!("note: {e}");
@@ -172,7 +214,17 @@ async fn run() -> Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let planned = build::plan(&project, v, &arch, &store, cli::source_date_epoch()?, &locked)?;
+            let bases = resolver.suite_bases(&v.debian, &arch)?;
+            let apt_sources = packages::image_apt_sources(&v.debian, &bases);
+            let planned = build::plan(
+                &project,
+                v,
+                &arch,
+                &store,
+                cli::source_date_epoch()?,
+                &locked,
+                apt_sources.as_deref(),
+            )?;
             if json {
                 let layers: Vec<_> = planned
                     .iter()
@@ -197,19 +249,31 @@ async fn run() -> Result<()> {
                 println!("{} ({}) arch {arch}", v.name, v.key);
                 for p in &planned {
                     match &p.cached {
-                        Some(c) => println!("  {:<14} {} {:>10}  cached", p.name, c.blob.digest, size(c.blob.size)),
+                        Some(c) => println!(
+                            "  {:<14} {} {:>10}  cached",
+                            p.name,
+                            c.blob.digest,
+                            size(c.blob.size)
+                        ),
                         None => println!("  {:<14} {:<71} {:>10}  not built", p.name, "-", "-"),
                     }
                     if packages && let Some(l) = &p.packages {
                         for pkg in &l.packages {
-                            println!("      {:<40} {:<32} {}", pkg.name, pkg.version, pkg.architecture);
+                            println!(
+                                "      {:<40} {:<32} {}",
+                                pkg.name, pkg.version, pkg.architecture
+                            );
                         }
                     }
                 }
                 println!("config: {}", serde_json::to_string(&v.config)?);
             }
         }
-        Command::Lock { variants, update, json } => {
+        Command::Lock {
+            variants,
+            update,
+            json,
+        } => {
             let project = paths.load()?;
             let selected = project.select(&variants)?;
             let store = LayerStore::open(&paths.cache)?;
@@ -219,8 +283,18 @@ async fn run() -> Result<()> {
                 print_json(&report)?;
             } else {
                 for r in &report {
-                    let layers: Vec<String> = r.layers.iter().map(|(l, n)| format!("{l}: {n}")).collect();
-                    println!("{}/{}: {}", r.variant, r.arch, if layers.is_empty() { "no package layers".into() } else { layers.join(", ") });
+                    let layers: Vec<String> =
+                        r.layers.iter().map(|(l, n)| format!("{l}: {n}")).collect();
+                    println!(
+                        "{}/{}: {}",
+                        r.variant,
+                        r.arch,
+                        if layers.is_empty() {
+                            "no package layers".into()
+                        } else {
+                            layers.join(", ")
+                        }
+                    );
                 }
                 eprintln!("wrote {}", project.root.join(LOCK_FILE).display());
             }
@@ -229,29 +303,71 @@ async fn run() -> Result<()> {
             let project = paths.load()?;
             let selected = project.select(&variants)?;
             let store = LayerStore::open(&paths.cache)?;
-            let fetcher = Fetcher::new(store.cas().clone(), FetchOptions { offline, ..FetchOptions::default() })?;
+            let fetcher = Fetcher::new(
+                store.cas().clone(),
+                FetchOptions {
+                    offline,
+                    ..FetchOptions::default()
+                },
+            )?;
             let mut resolver = Resolver::new(&fetcher);
             let mut lock = LockFile::read(&project.root.join(LOCK_FILE))?.unwrap_or_default();
             let reporter = Reporter::new(false);
-            let mode = if offline { LockMode::Offline } else { LockMode::Frozen };
+            let mode = if offline {
+                LockMode::Offline
+            } else {
+                LockMode::Frozen
+            };
             let mut total = 0;
             for v in &selected {
                 for arch in &v.archs {
-                    let layers = resolver.lock_variant(&project, v, arch, &mut lock, mode).await?;
+                    let layers = resolver
+                        .lock_variant(&project, v, arch, &mut lock, mode)
+                        .await?;
                     let bases = resolver.suite_bases(&v.debian, arch)?;
                     for l in layers {
-                        total += resolver.fetch_debs(&l.locked.packages, &bases, &reporter).await?.len();
+                        total += resolver
+                            .fetch_debs(&l.locked.packages, &bases, &reporter)
+                            .await?
+                            .len();
                     }
                 }
             }
             reporter.finish();
             let stats = fetcher.stats();
-            println!("{total} packages in the cache; {} requests, {} downloaded", stats.requests, size(stats.bytes));
+            println!(
+                "{total} packages in the cache; {} requests, {} downloaded",
+                stats.requests,
+                size(stats.bytes)
+            );
         }
-        Command::Push { variants, registry, tags, release, username, password_stdin, plain_http, json } => {
+        Command::Push {
+            variants,
+            registry,
+            tags,
+            release,
+            username,
+            password_stdin,
+            plain_http,
+            json,
+        } => {
             let report = run_build(&paths, &variants, json, false, release.clone()).await?;
-            let args = cli::publish::PushArgs { registry, tags, release: release.clone(), username, password_stdin, plain_http };
-            let reports = cli::publish::push(&paths.project, &report, &args, cli::source_date_epoch()?, release.as_deref()).await?;
+            let args = cli::publish::PushArgs {
+                registry,
+                tags,
+                release: release.clone(),
+                username,
+                password_stdin,
+                plain_http,
+            };
+            let reports = cli::publish::push(
+                &paths.project,
+                &report,
+                &args,
+                cli::source_date_epoch()?,
+                release.as_deref(),
+            )
+            .await?;
             if json {
                 print_json(&reports)?;
             } else {
@@ -261,7 +377,11 @@ async fn run() -> Result<()> {
                     }
                     eprintln!(
                         "{}: {} blobs uploaded ({}), {} mounted, {} already there",
-                        r.repository, r.blobs_uploaded, size(r.bytes_uploaded), r.blobs_mounted, r.blobs_present
+                        r.repository,
+                        r.blobs_uploaded,
+                        size(r.bytes_uploaded),
+                        r.blobs_mounted,
+                        r.blobs_present
                     );
                 }
             }
@@ -270,7 +390,13 @@ async fn run() -> Result<()> {
     Ok(())
 }
 
-async fn run_build(paths: &Paths, variants: &[String], quiet: bool, offline: bool, version: Option<String>) -> Result<build::BuildReport> {
+async fn run_build(
+    paths: &Paths,
+    variants: &[String],
+    quiet: bool,
+    offline: bool,
+    version: Option<String>,
+) -> Result<build::BuildReport> {
     let project = paths.load()?;
     let selected = project.select(variants)?;
     let opts = BuildOptions {

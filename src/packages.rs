@@ -18,8 +18,14 @@ use crate::spec::{DebianSettings, Project, Variant};
 #[derive(Debug, thiserror::Error)]
 pub enum PackagesError {
     /// A package layer without a `debian.suite`.
-    #[error("variant `{variant}`: layer `{layer}` installs packages but no `debian: {{suite: …}}` is set ({file})")]
-    NoSuite { variant: String, layer: String, file: PathBuf },
+    #[error(
+        "variant `{variant}`: layer `{layer}` installs packages but no `debian: {{suite: …}}` is set ({file})"
+    )]
+    NoSuite {
+        variant: String,
+        layer: String,
+        file: PathBuf,
+    },
     /// Repository access failed.
     #[error(transparent)]
     Repo(#[from] RepoError),
@@ -28,16 +34,39 @@ pub enum PackagesError {
     Index(#[from] crate::debian::index::IndexError),
     /// Resolution failed.
     #[error("variant `{variant}`, layer `{layer}` ({arch}): {source}")]
-    Resolve { variant: String, layer: String, arch: String, source: ResolveError },
+    Resolve {
+        variant: String,
+        layer: String,
+        arch: String,
+        source: ResolveError,
+    },
     /// The lock no longer matches the variant.
-    #[error("hakim.lock: the entry for layer `{layer}` ({arch}) no longer matches variant `{variant}`; run `hakim lock {variant}`")]
-    Mismatch { variant: String, layer: String, arch: String },
+    #[error(
+        "hakim.lock: the entry for layer `{layer}` ({arch}) no longer matches variant `{variant}`; run `hakim lock {variant}`"
+    )]
+    Mismatch {
+        variant: String,
+        layer: String,
+        arch: String,
+    },
     /// A locked package is gone from the repository.
-    #[error("hakim.lock: `{name} {version}` ({arch}) is no longer in the repository; run `hakim lock --update`")]
-    Gone { name: String, version: String, arch: String },
+    #[error(
+        "hakim.lock: `{name} {version}` ({arch}) is no longer in the repository; run `hakim lock --update`"
+    )]
+    Gone {
+        name: String,
+        version: String,
+        arch: String,
+    },
     /// A lock entry is missing and the network may not be used.
-    #[error("hakim.lock has no entry for layer `{layer}` ({arch}) of variant `{variant}`, and --offline forbids resolving it")]
-    OfflineMissing { variant: String, layer: String, arch: String },
+    #[error(
+        "hakim.lock has no entry for layer `{layer}` ({arch}) of variant `{variant}`, and --offline forbids resolving it"
+    )]
+    OfflineMissing {
+        variant: String,
+        layer: String,
+        arch: String,
+    },
     /// Mirror discovery failed.
     #[error(transparent)]
     Sources(#[from] sources::SourcesError),
@@ -63,7 +92,10 @@ pub enum LockMode {
 pub fn repo_spec(settings: &DebianSettings, arch: &str) -> Option<RepoSpec> {
     Some(RepoSpec {
         suite: settings.suite.clone()?,
-        components: settings.components.clone().unwrap_or_else(|| vec!["main".into()]),
+        components: settings
+            .components
+            .clone()
+            .unwrap_or_else(|| vec!["main".into()]),
         archs: vec![arch.to_string()],
         updates: settings.updates.unwrap_or(true),
         security: settings.security.unwrap_or(true),
@@ -118,12 +150,27 @@ pub struct LayerPackages {
 impl<'a> Resolver<'a> {
     /// A resolver using `fetcher` and this host's mirror configuration.
     pub fn new(fetcher: &'a Fetcher) -> Self {
-        Self { fetcher, ctx: HostContext::current(), loaded: BTreeMap::new() }
+        Self {
+            fetcher,
+            ctx: HostContext::current(),
+            loaded: BTreeMap::new(),
+        }
     }
 
-    async fn load(&mut self, spec: &RepoSpec, lock: &mut LockFile) -> Result<&Loaded, PackagesError> {
-        let key = serde_json::to_string(&(&spec.suite, &spec.components, spec.updates, spec.security, &spec.mirror.snapshot, &spec.archs))
-            .expect("key serializes");
+    async fn load(
+        &mut self,
+        spec: &RepoSpec,
+        lock: &mut LockFile,
+    ) -> Result<&Loaded, PackagesError> {
+        let key = serde_json::to_string(&(
+            &spec.suite,
+            &spec.components,
+            spec.updates,
+            spec.security,
+            &spec.mirror.snapshot,
+            &spec.archs,
+        ))
+        .expect("key serializes");
         if !self.loaded.contains_key(&key) {
             let indexes = repo::load_with(spec, self.fetcher, &self.ctx).await?;
             let mut index = PackageIndex::new(&spec.archs[0]);
@@ -133,10 +180,18 @@ impl<'a> Resolver<'a> {
                     index.add(&format!("{}/{}", s.suite, p.component), &p.text)?;
                 }
                 bases.insert(s.suite.clone(), s.base_url.clone());
-                let archive = if s.suite.ends_with("-security") { "security" } else { "archive" };
+                let archive = if s.suite.ends_with("-security") {
+                    "security"
+                } else {
+                    "archive"
+                };
                 lock.suites.insert(
                     s.suite.clone(),
-                    LockedSuite { archive: archive.into(), inrelease_sha256: s.inrelease_sha256, date: s.date.clone() },
+                    LockedSuite {
+                        archive: archive.into(),
+                        inrelease_sha256: s.inrelease_sha256,
+                        date: s.date.clone(),
+                    },
                 );
             }
             self.loaded.insert(key.clone(), Loaded { index, bases });
@@ -170,10 +225,19 @@ impl<'a> Resolver<'a> {
                 continue;
             }
             let Some(suite) = variant.debian.suite.as_deref() else {
-                return Err(PackagesError::NoSuite { variant: variant.key.clone(), layer: name.clone(), file: variant.file.clone() });
+                return Err(PackagesError::NoSuite {
+                    variant: variant.key.clone(),
+                    layer: name.clone(),
+                    file: variant.file.clone(),
+                });
             };
             let spec = repo_spec(&variant.debian, arch).expect("suite is set");
-            let mut packages: Vec<&str> = layer.spec.packages.iter().map(|p| p.value.as_str()).collect();
+            let mut packages: Vec<&str> = layer
+                .spec
+                .packages
+                .iter()
+                .map(|p| p.value.as_str())
+                .collect();
             packages.sort_unstable();
             packages.dedup();
             let bootstrap = lower.is_none();
@@ -195,23 +259,46 @@ impl<'a> Resolver<'a> {
             let key = chain_key(&variant.layers[..=position], arch);
             let existing = lock.layers.get(&key).cloned();
             let keep = match (existing, mode) {
-                (Some(e), LockMode::Frozen | LockMode::Refresh | LockMode::Offline) if e.request == request => Some(e),
+                (Some(e), LockMode::Frozen | LockMode::Refresh | LockMode::Offline)
+                    if e.request == request =>
+                {
+                    Some(e)
+                }
                 (Some(_), LockMode::Frozen | LockMode::Offline) => {
-                    return Err(PackagesError::Mismatch { variant: variant.key.clone(), layer: name.clone(), arch: arch.into() });
+                    return Err(PackagesError::Mismatch {
+                        variant: variant.key.clone(),
+                        layer: name.clone(),
+                        arch: arch.into(),
+                    });
                 }
                 (None, LockMode::Offline) => {
-                    return Err(PackagesError::OfflineMissing { variant: variant.key.clone(), layer: name.clone(), arch: arch.into() });
+                    return Err(PackagesError::OfflineMissing {
+                        variant: variant.key.clone(),
+                        layer: name.clone(),
+                        arch: arch.into(),
+                    });
                 }
                 _ => None,
             };
-            steps.push(Step { position, layer: name.clone(), key, request, bootstrap, keep });
+            steps.push(Step {
+                position,
+                layer: name.clone(),
+                key,
+                request,
+                bootstrap,
+                keep,
+            });
             lower = Some(request);
         }
 
         let mut out = Vec::new();
         if steps.iter().all(|s| s.keep.is_some()) {
             for s in steps {
-                out.push(LayerPackages { position: s.position, layer: s.layer, locked: s.keep.expect("kept") });
+                out.push(LayerPackages {
+                    position: s.position,
+                    layer: s.layer,
+                    locked: s.keep.expect("kept"),
+                });
             }
             return Ok(out);
         }
@@ -226,8 +313,14 @@ impl<'a> Resolver<'a> {
                         let found = loaded
                             .index
                             .versions(&p.name)
-                            .find(|c| c.version.as_str() == p.version && c.architecture == p.architecture)
-                            .ok_or_else(|| PackagesError::Gone { name: p.name.clone(), version: p.version.clone(), arch: arch.into() })?;
+                            .find(|c| {
+                                c.version.as_str() == p.version && c.architecture == p.architecture
+                            })
+                            .ok_or_else(|| PackagesError::Gone {
+                                name: p.name.clone(),
+                                version: p.version.clone(),
+                                arch: arch.into(),
+                            })?;
                         installed.push(InstalledPackage::from(found));
                     }
                     keep
@@ -236,17 +329,55 @@ impl<'a> Resolver<'a> {
                     let layer = project.layer(&s.layer);
                     let request = Request {
                         arch: arch.to_string(),
-                        packages: layer.spec.packages.iter().map(|p| p.value.clone()).collect(),
+                        packages: layer
+                            .spec
+                            .packages
+                            .iter()
+                            .map(|p| p.value.clone())
+                            .collect(),
                         installed: installed.clone(),
                         essential_base: s.bootstrap,
                         recommends: layer.spec.recommends,
                     };
-                    let res = resolve(&loaded.index, &request).map_err(|source| PackagesError::Resolve {
-                        variant: variant.key.clone(),
-                        layer: s.layer.clone(),
-                        arch: arch.into(),
-                        source,
+                    let res = resolve(&loaded.index, &request).map_err(|source| {
+                        PackagesError::Resolve {
+                            variant: variant.key.clone(),
+                            layer: s.layer.clone(),
+                            arch: arch.into(),
+                            source,
+                        }
                     })?;
+                    // What mmdebstrap extracts first: the Essential set and its dependencies.
+                    let phase1: std::collections::BTreeSet<String> = if s.bootstrap {
+                        let names: std::collections::BTreeSet<String> = loaded
+                            .index
+                            .packages()
+                            .iter()
+                            .filter(|p| {
+                                p.essential && (p.architecture == arch || p.architecture == "all")
+                            })
+                            .map(|p| p.name.clone())
+                            .collect();
+                        let req = Request {
+                            arch: arch.to_string(),
+                            packages: names.into_iter().collect(),
+                            ..Request::default()
+                        };
+                        let res = resolve(&loaded.index, &req).map_err(|source| {
+                            PackagesError::Resolve {
+                                variant: variant.key.clone(),
+                                layer: s.layer.clone(),
+                                arch: arch.into(),
+                                source,
+                            }
+                        })?;
+                        res.packages
+                            .iter()
+                            .map(|r| r.package.name.clone())
+                            .collect()
+                    } else {
+                        Default::default()
+                    };
                     let packages = res
                         .packages
                         .iter()
@@ -261,30 +392,56 @@ impl<'a> Resolver<'a> {
                                 path: p.filename.clone(),
                                 size: p.size,
                                 sha256: p.sha256,
-                                essential: p.essential,
+                                essential: phase1.contains(&p.name),
                             }
                         })
                         .collect();
-                    let entry = LockedLayer { request: s.request, bootstrap: s.bootstrap, packages };
+                    let entry = LockedLayer {
+                        request: s.request,
+                        bootstrap: s.bootstrap,
+                        packages,
+                    };
                     lock.layers.insert(s.key.clone(), entry.clone());
                     entry
                 }
             };
-            out.push(LayerPackages { position: s.position, layer: s.layer, locked });
+            out.push(LayerPackages {
+                position: s.position,
+                layer: s.layer,
+                locked,
+            });
         }
         Ok(out)
     }
 
     /// Base URLs for the suites of a variant: from a loaded repository, else from mirror discovery.
-    pub fn suite_bases(&self, settings: &DebianSettings, arch: &str) -> Result<BTreeMap<String, String>, PackagesError> {
-        let Some(spec) = repo_spec(settings, arch) else { return Ok(BTreeMap::new()) };
-        if let Some(l) = self.loaded.values().find(|l| l.index.arch() == arch && l.bases.contains_key(&spec.suite)) {
+    pub fn suite_bases(
+        &self,
+        settings: &DebianSettings,
+        arch: &str,
+    ) -> Result<BTreeMap<String, String>, PackagesError> {
+        let Some(spec) = repo_spec(settings, arch) else {
+            return Ok(BTreeMap::new());
+        };
+        if let Some(l) = self
+            .loaded
+            .values()
+            .find(|l| l.index.arch() == arch && l.bases.contains_key(&spec.suite))
+        {
             return Ok(l.bases.clone());
         }
         let host = sources::read_apt_sources(&self.ctx.apt_dir).unwrap_or_default();
         let mirrors = sources::discover(&spec.mirror, &self.ctx.env, &host, &self.ctx.apt_dir)?;
-        let archive = mirrors.archive.first().map(|c| c.url.clone()).unwrap_or_default();
-        let security = mirrors.security.first().map(|c| c.url.clone()).unwrap_or_default();
+        let archive = mirrors
+            .archive
+            .first()
+            .map(|c| c.url.clone())
+            .unwrap_or_default();
+        let security = mirrors
+            .security
+            .first()
+            .map(|c| c.url.clone())
+            .unwrap_or_default();
         let mut out = BTreeMap::new();
         out.insert(spec.suite.clone(), archive.clone());
         out.insert(format!("{}-updates", spec.suite), archive);
@@ -302,20 +459,33 @@ impl<'a> Resolver<'a> {
         let items = packages
             .iter()
             .map(|p| FetchItem {
-                url: repo::deb_url(bases.get(&p.suite).map(String::as_str).unwrap_or_default(), &p.path),
+                url: repo::deb_url(
+                    bases.get(&p.suite).map(String::as_str).unwrap_or_default(),
+                    &p.path,
+                ),
                 sha256: p.sha256,
                 size: Some(p.size),
                 label: format!("{}_{}_{}", p.name, p.version, p.architecture),
             })
             .collect();
-        self.fetcher.fetch_all(items, progress).await.map_err(|e| match e {
-            // The mirror moved on: say which locked package is gone and what to do.
-            FetchError::Status { ref url, status: 404 } => match packages.iter().find(|p| url.ends_with(&p.path)) {
-                Some(p) => PackagesError::Gone { name: p.name.clone(), version: p.version.clone(), arch: p.architecture.clone() },
-                None => e.into(),
-            },
-            e => e.into(),
-        })
+        self.fetcher
+            .fetch_all(items, progress)
+            .await
+            .map_err(|e| match e {
+                // The mirror moved on: say which locked package is gone and what to do.
+                FetchError::Status {
+                    ref url,
+                    status: 404,
+                } => match packages.iter().find(|p| url.ends_with(&p.path)) {
+                    Some(p) => PackagesError::Gone {
+                        name: p.name.clone(),
+                        version: p.version.clone(),
+                        arch: p.architecture.clone(),
+                    },
+                    None => e.into(),
+                },
+                e => e.into(),
+            })
     }
 }
 
@@ -338,22 +508,33 @@ pub async fn lock_project(
     update: bool,
 ) -> Result<Vec<LockedVariant>, LockProjectError> {
     let path = project.root.join(crate::debian::lock::LOCK_FILE);
-    let mut lock = LockFile::read(&path)?
-        .unwrap_or_else(|| LockFile { lock_version: crate::debian::lock::LOCK_VERSION, ..Default::default() });
+    let mut lock = LockFile::read(&path)?.unwrap_or_else(|| LockFile {
+        lock_version: crate::debian::lock::LOCK_VERSION,
+        ..Default::default()
+    });
     let mut resolver = Resolver::new(fetcher);
-    let mode = if update { LockMode::Update } else { LockMode::Refresh };
+    let mode = if update {
+        LockMode::Update
+    } else {
+        LockMode::Refresh
+    };
     let mut report = Vec::new();
     let mut used = std::collections::BTreeSet::new();
     for v in variants {
         for arch in &v.archs {
-            let layers = resolver.lock_variant(project, v, arch, &mut lock, mode).await?;
+            let layers = resolver
+                .lock_variant(project, v, arch, &mut lock, mode)
+                .await?;
             for l in &layers {
                 used.insert(chain_key(&v.layers[..=l.position], arch));
             }
             report.push(LockedVariant {
                 variant: v.key.clone(),
                 arch: arch.clone(),
-                layers: layers.iter().map(|l| (l.layer.clone(), l.locked.packages.len())).collect(),
+                layers: layers
+                    .iter()
+                    .map(|l| (l.layer.clone(), l.locked.packages.len()))
+                    .collect(),
             });
         }
     }
@@ -374,4 +555,41 @@ pub enum LockProjectError {
     /// The lock file failed.
     #[error(transparent)]
     Lock(#[from] crate::debian::lock::LockError),
+}
+
+/// The deb822 apt sources a bootstrapped image ships, so `apt-get update` works in a workspace.
+pub fn image_apt_sources(
+    settings: &DebianSettings,
+    bases: &BTreeMap<String, String>,
+) -> Option<String> {
+    let suite = settings.suite.as_deref()?;
+    let components = settings
+        .components
+        .clone()
+        .unwrap_or_else(|| vec!["main".into()])
+        .join(" ");
+    let archive = settings
+        .image_mirror
+        .clone()
+        .or_else(|| bases.get(suite).cloned())?;
+    let mut suites = vec![suite.to_string()];
+    if settings.updates.unwrap_or(true) {
+        suites.push(format!("{suite}-updates"));
+    }
+    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+    let mut text = format!(
+        "Types: deb\nURIs: {archive}\nSuites: {}\nComponents: {components}\nSigned-By: {keyring}\n",
+        suites.join(" ")
+    );
+    let security = settings
+        .image_security_mirror
+        .clone()
+        .or_else(|| bases.get(&format!("{suite}-security")).cloned())
+        .filter(|s| !s.is_empty());
+    if settings.security.unwrap_or(true)
+        && let Some(sec) = security
+    {
+        text.push_str(&format!("\nTypes: deb\nURIs: {sec}\nSuites: {suite}-security\nComponents: {components}\nSigned-By: {keyring}\n"));
+    }
+    Some(text)
 }

@@ -9,14 +9,20 @@ use std::process::Command;
 use hakim::debian::sources::{self, MirrorConfig, MirrorEnv};
 use support::*;
 
-const ANCHOR: &str = "ca-certificates,curl,git,jq,sudo,locales,openssh-client,unzip,procps,less,bash-completion";
+const ANCHOR: &str =
+    "ca-certificates,curl,git,jq,sudo,locales,openssh-client,unzip,procps,less,bash-completion";
 
 /// The archive mirror, discovered exactly as hakim does for users.
 fn mirror() -> String {
     let apt = std::path::Path::new(sources::HOST_APT_DIR);
     let host = sources::read_apt_sources(apt).expect("reading the host's apt sources");
-    let m = sources::discover(&MirrorConfig::default(), &MirrorEnv::from_process(), &host, apt)
-        .expect("no Debian mirror configured: set HAKIM_DEBIAN_MIRROR or add an apt source");
+    let m = sources::discover(
+        &MirrorConfig::default(),
+        &MirrorEnv::from_process(),
+        &host,
+        apt,
+    )
+    .expect("no Debian mirror configured: set HAKIM_DEBIAN_MIRROR or add an apt source");
     m.archive[0].url.clone()
 }
 
@@ -25,7 +31,12 @@ fn lock_json(s: &Scratch) -> serde_json::Value {
 }
 
 fn names(lock: &serde_json::Value, key: &str) -> BTreeSet<String> {
-    lock["layers"][key]["packages"].as_array().unwrap_or_else(|| panic!("no {key} in lock")).iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+    lock["layers"][key]["packages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} in lock"))
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -39,18 +50,32 @@ fn anchor_set_matches_mmdebstrap() {
     let tar = s.dir.path().join("mm.tar");
     run_ok(
         Command::new("mmdebstrap")
-            .args(["--quiet", "--variant=minbase", "--architectures=amd64", &format!("--include={ANCHOR}"), "trixie"])
+            .args([
+                "--quiet",
+                "--variant=minbase",
+                "--architectures=amd64",
+                &format!("--include={ANCHOR}"),
+                "trixie",
+            ])
             .arg(&tar)
             .arg(mirror()),
     );
-    let status = run_ok(Command::new("tar").arg("-xOf").arg(&tar).arg("./var/lib/dpkg/status"));
+    let status = run_ok(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(&tar)
+            .arg("./var/lib/dpkg/status"),
+    );
     let theirs: BTreeSet<String> = String::from_utf8_lossy(&status.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("Package: ").map(String::from))
         .collect();
     let only_ours: Vec<_> = ours.difference(&theirs).collect();
     let only_theirs: Vec<_> = theirs.difference(&ours).collect();
-    assert!(only_ours.is_empty() && only_theirs.is_empty(), "only hakim: {only_ours:?}\nonly mmdebstrap: {only_theirs:?}");
+    assert!(
+        only_ours.is_empty() && only_theirs.is_empty(),
+        "only hakim: {only_ours:?}\nonly mmdebstrap: {only_theirs:?}"
+    );
     assert!(ours.len() > 100, "{}", ours.len());
 }
 
@@ -59,26 +84,55 @@ fn lock_is_reused_and_offline_fetch_touches_no_network() {
     let s = Scratch::fixture("debian");
     run_ok(s.hakim().arg("lock"));
     let lock = lock_json(&s);
-    assert!(lock["suites"]["trixie"]["inrelease_sha256"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        lock["suites"]["trixie"]["inrelease_sha256"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     let base = names(&lock, "anchor@amd64");
     let extra = names(&lock, "anchor/extra@amd64");
-    assert!(extra.contains("file") && !extra.contains("bash"), "upper layer holds only what it adds: {extra:?}");
+    assert!(
+        extra.contains("file") && !extra.contains("bash"),
+        "upper layer holds only what it adds: {extra:?}"
+    );
     assert!(base.contains("bash") && base.contains("curl"));
     assert!(base.is_disjoint(&extra));
     let p = &lock["layers"]["anchor@amd64"]["packages"][0];
-    for field in ["name", "version", "architecture", "suite", "path", "size", "sha256"] {
+    for field in [
+        "name",
+        "version",
+        "architecture",
+        "suite",
+        "path",
+        "size",
+        "sha256",
+    ] {
         assert!(!p[field].is_null(), "lock entry lacks {field}: {p}");
     }
 
     // Cold fetch downloads every .deb once; a warm one downloads nothing.
     let out = run_ok(s.hakim().args(["fetch", "extra"]));
     let n = base.len() + extra.len();
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{n} packages in the cache; {n} requests")), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("{n} packages in the cache; {n} requests")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = run_ok(s.hakim().args(["fetch", "extra"]));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0 requests"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 requests"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // Offline, with an unreachable mirror: lock + cache are enough.
-    let out = run_ok(s.hakim().args(["fetch", "extra", "--offline"]).env("HAKIM_DEBIAN_MIRROR", "http://127.0.0.1:9"));
+    let out = run_ok(
+        s.hakim()
+            .args(["fetch", "extra", "--offline"])
+            .env("HAKIM_DEBIAN_MIRROR", "http://127.0.0.1:9"),
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("0 requests"));
 
     // A second `hakim lock` keeps every entry (no re-resolution, same file).
@@ -87,12 +141,23 @@ fn lock_is_reused_and_offline_fetch_touches_no_network() {
     assert_eq!(s.read("hakim.lock"), before);
 
     // A corrupted cached .deb is detected and fetched again.
-    let sha = lock["layers"]["anchor/extra@amd64"]["packages"][0]["sha256"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let sha = lock["layers"]["anchor/extra@amd64"]["packages"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
     let cached = s.cache().join("blobs/sha256").join(&sha);
     fs::write(&cached, b"tampered").unwrap();
     let out = run_ok(s.hakim().args(["fetch", "extra"]));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("; 1 requests"), "{}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(hakim::digest::Sha256Digest::of(&fs::read(&cached).unwrap()).hex(), sha);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("; 1 requests"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        hakim::digest::Sha256Digest::of(&fs::read(&cached).unwrap()).hex(),
+        sha
+    );
 }
 
 #[test]
@@ -105,28 +170,47 @@ fn stale_and_broken_locks_fail_clearly() {
     let lock = lock_json(&s);
     let p = &lock["layers"]["anchor/extra@amd64"]["packages"][0];
     let (path, version) = (p["path"].as_str().unwrap(), p["version"].as_str().unwrap());
-    let bad = good.replace(path, &path.replace(version.split(':').next_back().unwrap(), "99.99-1")).replace(&format!("\"{version}\""), "\"99.99-1\"");
+    let bad = good
+        .replace(
+            path,
+            &path.replace(version.split(':').next_back().unwrap(), "99.99-1"),
+        )
+        .replace(&format!("\"{version}\""), "\"99.99-1\"");
     s.write("hakim.lock", &bad);
     let err = run_err(s.hakim().args(["fetch", "extra"]));
-    assert!(err.contains("99.99-1") && err.contains("no longer in the repository") && err.contains("hakim lock --update"), "{err}");
+    assert!(
+        err.contains("99.99-1")
+            && err.contains("no longer in the repository")
+            && err.contains("hakim lock --update"),
+        "{err}"
+    );
 
     // A variant changed after locking: build refuses and says what to run.
     s.write("hakim.lock", &good);
     s.write("layers/extra/layer.yaml", "packages: [file, tree]\n");
     let err = run_err(s.hakim().args(["fetch", "extra"]));
-    assert!(err.contains("no longer matches variant `extra`") && err.contains("run `hakim lock extra`"), "{err}");
+    assert!(
+        err.contains("no longer matches variant `extra`") && err.contains("run `hakim lock extra`"),
+        "{err}"
+    );
     let err = run_err(s.hakim().args(["build", "extra"]));
     assert!(err.contains("run `hakim lock extra`"), "{err}");
     // `hakim lock` re-resolves only that entry.
     run_ok(s.hakim().args(["lock", "extra"]));
     let after = lock_json(&s);
     assert!(names(&after, "anchor/extra@amd64").contains("tree"));
-    assert_eq!(after["layers"]["anchor@amd64"], lock["layers"]["anchor@amd64"]);
+    assert_eq!(
+        after["layers"]["anchor@amd64"],
+        lock["layers"]["anchor@amd64"]
+    );
 
     // Garbage in the lock file names the file.
     s.write("hakim.lock", "{ not json");
     let err = run_err(s.hakim().args(["fetch", "extra"]));
-    assert!(err.contains("hakim.lock") && err.contains("hakim lock"), "{err}");
+    assert!(
+        err.contains("hakim.lock") && err.contains("hakim lock"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -134,12 +218,23 @@ fn resolution_errors_name_the_package() {
     let s = Scratch::fixture("debian");
     s.write("layers/extra/layer.yaml", "packages: [nodjs]\n");
     let err = run_err(s.hakim().args(["lock", "extra"]));
-    assert!(err.contains("no package `nodjs`") && err.contains("did you mean `nodejs`") && err.contains("layer `extra`"), "{err}");
+    assert!(
+        err.contains("no package `nodjs`")
+            && err.contains("did you mean `nodejs`")
+            && err.contains("layer `extra`"),
+        "{err}"
+    );
 
-    s.write("layers/extra/layer.yaml", "packages: [postfix, exim4-daemon-light]\n");
+    s.write(
+        "layers/extra/layer.yaml",
+        "packages: [postfix, exim4-daemon-light]\n",
+    );
     let err = run_err(s.hakim().args(["lock", "extra"]));
     assert!(err.to_lowercase().contains("conflict"), "{err}");
-    assert!(!s.project().join("hakim.lock").exists() || !s.read("hakim.lock").contains("postfix"), "a failed lock must not be written");
+    assert!(
+        !s.project().join("hakim.lock").exists() || !s.read("hakim.lock").contains("postfix"),
+        "a failed lock must not be written"
+    );
 }
 
 #[test]
@@ -149,11 +244,27 @@ fn tampered_inrelease_is_refused() {
         let out = run_ok(Command::new("curl").args(["-fsS", &url]));
         out.stdout
     };
-    let tampered = String::from_utf8(real).unwrap().replacen("Label: Debian", "Label: Debiam", 1).into_bytes();
+    let tampered = String::from_utf8(real)
+        .unwrap()
+        .replacen("Label: Debian", "Label: Debiam", 1)
+        .into_bytes();
     let server = FileServer::start(vec![("/dists/trixie/InRelease".into(), tampered)]);
     let s = Scratch::fixture("debian");
-    s.write("variants/anchor.yaml", &s.read("variants/anchor.yaml").replace("components: [main]", "components: [main]\n  updates: false\n  security: false"));
-    let err = run_err(s.hakim().args(["lock", "anchor"]).env("HAKIM_DEBIAN_MIRROR", server.url()));
-    assert!(err.contains("InRelease") && err.to_lowercase().contains("signature"), "{err}");
+    s.write(
+        "variants/anchor.yaml",
+        &s.read("variants/anchor.yaml").replace(
+            "components: [main]",
+            "components: [main]\n  updates: false\n  security: false",
+        ),
+    );
+    let err = run_err(
+        s.hakim()
+            .args(["lock", "anchor"])
+            .env("HAKIM_DEBIAN_MIRROR", server.url()),
+    );
+    assert!(
+        err.contains("InRelease") && err.to_lowercase().contains("signature"),
+        "{err}"
+    );
     assert!(!s.project().join("hakim.lock").exists());
 }

@@ -20,14 +20,22 @@ pub struct Paths {
 
 impl Paths {
     /// Resolve `--project`, `--cache-dir` and `--out` with their defaults.
-    pub fn resolve(project: Option<PathBuf>, cache: Option<PathBuf>, out: Option<PathBuf>) -> Result<Self> {
+    pub fn resolve(
+        project: Option<PathBuf>,
+        cache: Option<PathBuf>,
+        out: Option<PathBuf>,
+    ) -> Result<Self> {
         let project = match project {
             Some(p) => find_project(&p)?,
             None => find_project(&std::env::current_dir().context("current directory")?)?,
         };
         let cache = cache.unwrap_or_else(default_cache_dir);
         let out = out.unwrap_or_else(|| project.join("out"));
-        Ok(Self { project, cache, out })
+        Ok(Self {
+            project,
+            cache,
+            out,
+        })
     }
 
     /// Load and validate the project.
@@ -49,7 +57,10 @@ pub fn default_cache_dir() -> PathBuf {
 /// SOURCE_DATE_EPOCH, or 0 when unset.
 pub fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(s) if !s.is_empty() => s.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH=`{s}` is not a number of seconds")),
+        Ok(s) if !s.is_empty() => s
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH=`{s}` is not a number of seconds")),
         _ => Ok(0),
     }
 }

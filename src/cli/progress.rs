@@ -27,13 +27,22 @@ struct FetchTally {
 impl Reporter {
     /// A reporter; `quiet` prints nothing but errors.
     pub fn new(quiet: bool) -> Self {
-        let bar = (!quiet && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()).then(|| {
-            let b = ProgressBar::new_spinner();
-            b.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").expect("valid template"));
-            b.enable_steady_tick(std::time::Duration::from_millis(120));
-            b
-        });
-        Self { bar, quiet, lock: Mutex::new(()), fetch: Mutex::new(FetchTally::default()) }
+        let bar = (!quiet && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none())
+            .then(|| {
+                let b = ProgressBar::new_spinner();
+                b.set_style(
+                    ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                        .expect("valid template"),
+                );
+                b.enable_steady_tick(std::time::Duration::from_millis(120));
+                b
+            });
+        Self {
+            bar,
+            quiet,
+            lock: Mutex::new(()),
+            fetch: Mutex::new(FetchTally::default()),
+        }
     }
 
     /// Print a line above the bar (or plainly).
@@ -72,7 +81,11 @@ pub fn size(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 impl Progress for Reporter {
@@ -97,13 +110,23 @@ impl Progress for Reporter {
 impl FetchProgress for Reporter {
     fn begin(&self, items: usize, bytes: u64) {
         let mut t = self.fetch.lock().expect("tally");
-        *t = FetchTally { items, bytes, ..FetchTally::default() };
+        *t = FetchTally {
+            items,
+            bytes,
+            ..FetchTally::default()
+        };
     }
 
     fn advance(&self, bytes: u64) {
         let mut t = self.fetch.lock().expect("tally");
         t.got += bytes;
-        let msg = format!("fetching {}/{} packages, {} / {}", t.done, t.items, size(t.got), size(t.bytes));
+        let msg = format!(
+            "fetching {}/{} packages, {} / {}",
+            t.done,
+            t.items,
+            size(t.got),
+            size(t.bytes)
+        );
         drop(t);
         self.status(&msg);
     }
@@ -113,7 +136,13 @@ impl FetchProgress for Reporter {
         t.done += 1;
         t.cached += usize::from(cached);
         let finished = t.done == t.items;
-        let msg = format!("fetched {}/{} files ({} from cache), {}", t.done, t.items, t.cached, size(t.got));
+        let msg = format!(
+            "fetched {}/{} files ({} from cache), {}",
+            t.done,
+            t.items,
+            t.cached,
+            size(t.got)
+        );
         drop(t);
         self.status(&msg);
         if finished && self.bar.is_none() && !self.quiet {

@@ -6,7 +6,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use hakim::build::{BuildReport, GitInfo, tag_vars};
-use hakim::publish::{Credentials, Publisher, PushOptions, PushReport, expand_tag, release_tags, step_summary};
+use hakim::publish::{
+    Credentials, Publisher, PushOptions, PushReport, expand_tag, release_tags, step_summary,
+};
 
 /// Arguments of `hakim push` after parsing.
 pub struct PushArgs {
@@ -25,22 +27,44 @@ pub struct PushArgs {
 }
 
 fn git_clean(dir: &Path) -> Result<bool> {
-    let out = Command::new("git").arg("-C").arg(dir).args(["status", "--porcelain"]).output().context("running git status")?;
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["status", "--porcelain"])
+        .output()
+        .context("running git status")?;
     if !out.status.success() {
-        bail!("--release needs a git checkout: `git status` failed in {}", dir.display());
+        bail!(
+            "--release needs a git checkout: `git status` failed in {}",
+            dir.display()
+        );
     }
     Ok(out.stdout.is_empty())
 }
 
 /// Push every built variant of `built` to `args.registry`.
-pub async fn push(project_root: &Path, built: &BuildReport, args: &PushArgs, epoch: u64, version: Option<&str>) -> Result<Vec<PushReport>> {
+pub async fn push(
+    project_root: &Path,
+    built: &BuildReport,
+    args: &PushArgs,
+    epoch: u64,
+    version: Option<&str>,
+) -> Result<Vec<PushReport>> {
     let mut opts = PushOptions::from_env();
     opts.plain_http = args.plain_http;
     if args.password_stdin {
-        let user = args.username.clone().context("--password-stdin needs --username")?;
+        let user = args
+            .username
+            .clone()
+            .context("--password-stdin needs --username")?;
         let mut password = String::new();
-        std::io::stdin().read_to_string(&mut password).context("reading the password from stdin")?;
-        opts.credentials = Some(Credentials::new(user, password.trim_end_matches(['\n', '\r'])));
+        std::io::stdin()
+            .read_to_string(&mut password)
+            .context("reading the password from stdin")?;
+        opts.credentials = Some(Credentials::new(
+            user,
+            password.trim_end_matches(['\n', '\r']),
+        ));
     }
     let git = GitInfo::discover(project_root);
     let vars = tag_vars(&git, epoch, version.or(args.release.as_deref()));
@@ -50,7 +74,9 @@ pub async fn push(project_root: &Path, built: &BuildReport, args: &PushArgs, epo
     }
     if let Some(r) = &args.release {
         if !git_clean(project_root)? {
-            bail!("--release {r}: the git tree has uncommitted changes; release tags are only pushed from a clean tree");
+            bail!(
+                "--release {r}: the git tree has uncommitted changes; release tags are only pushed from a clean tree"
+            );
         }
         extra.extend(release_tags(r)?);
     }
@@ -61,21 +87,31 @@ pub async fn push(project_root: &Path, built: &BuildReport, args: &PushArgs, epo
     variants.sort_by_key(|v| v.archs.first().map_or(0, |a| a.layers.len()));
     for v in variants {
         let source = v.refs.first().context("variant has no tags")?;
-        let mut tags: Vec<String> = v.refs.iter().filter_map(|r| r.rsplit_once(':').map(|(_, t)| t.to_string())).collect();
+        let mut tags: Vec<String> = v
+            .refs
+            .iter()
+            .filter_map(|r| r.rsplit_once(':').map(|(_, t)| t.to_string()))
+            .collect();
         for t in &extra {
             if !tags.contains(t) {
                 tags.push(t.clone());
             }
         }
         let target = format!("{}/{}", args.registry.trim_end_matches('/'), v.name);
-        let report = publisher.push(&built.layout, source, &target, &tags).await?;
+        let report = publisher
+            .push(&built.layout, source, &target, &tags)
+            .await?;
         reports.push(report);
     }
     if let Ok(path) = std::env::var("GITHUB_STEP_SUMMARY")
         && !path.is_empty()
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("opening {path}"))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {path}"))?;
         f.write_all(step_summary(&reports).as_bytes())?;
     }
     Ok(reports)

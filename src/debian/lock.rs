@@ -70,7 +70,7 @@ pub struct LockedPackage {
     pub size: u64,
     /// sha256 of the .deb.
     pub sha256: Sha256Digest,
-    /// Essential: yes.
+    /// In the Essential set (or its dependencies) that a bootstrap layer extracts first.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub essential: bool,
 }
@@ -80,7 +80,10 @@ pub struct LockedPackage {
 pub enum LockError {
     /// Filesystem failure.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Not a lock file hakim can read.
     #[error("{path}: {message} (delete it and run `hakim lock` to recreate it)")]
     Invalid { path: PathBuf, message: String },
@@ -92,14 +95,24 @@ impl LockFile {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(LockError::Io { path: path.into(), source }),
+            Err(source) => {
+                return Err(LockError::Io {
+                    path: path.into(),
+                    source,
+                });
+            }
         };
-        let lock: Self = serde_json::from_slice(&bytes)
-            .map_err(|e| LockError::Invalid { path: path.into(), message: e.to_string() })?;
+        let lock: Self = serde_json::from_slice(&bytes).map_err(|e| LockError::Invalid {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         if lock.lock_version != LOCK_VERSION {
             return Err(LockError::Invalid {
                 path: path.into(),
-                message: format!("lock_version {} is not supported (expected {LOCK_VERSION})", lock.lock_version),
+                message: format!(
+                    "lock_version {} is not supported (expected {LOCK_VERSION})",
+                    lock.lock_version
+                ),
             });
         }
         Ok(Some(lock))
@@ -109,8 +122,10 @@ impl LockFile {
     pub fn write(&self, path: &Path) -> Result<(), LockError> {
         let mut text = serde_json::to_string_pretty(self).expect("lock serializes");
         text.push('\n');
-        crate::oci::layout::write_atomic(path, text.as_bytes())
-            .map_err(|e| LockError::Invalid { path: path.into(), message: e.to_string() })
+        crate::oci::layout::write_atomic(path, text.as_bytes()).map_err(|e| LockError::Invalid {
+            path: path.into(),
+            message: e.to_string(),
+        })
     }
 }
 

@@ -74,31 +74,67 @@ fn add_member(row: &mut [String], idx: usize, user: &str) {
 }
 
 /// Merge `spec` into `db`; `epoch` (seconds) dates the shadow entries.
-pub fn merge(db: &AccountDb, spec: &AccountsSpec, epoch: u64) -> Result<(AccountDb, Vec<Home>), AccountError> {
+pub fn merge(
+    db: &AccountDb,
+    spec: &AccountsSpec,
+    epoch: u64,
+) -> Result<(AccountDb, Vec<Home>), AccountError> {
     let mut passwd = Table::parse(&db.passwd, 7);
     let mut group = Table::parse(&db.group, 4);
     let mut shadow = Table::parse(&db.shadow, 9);
     let mut gshadow = Table::parse(&db.gshadow, 4);
     if passwd.find("root").is_none() {
-        passwd.rows.insert(0, "root:x:0:0:root:/root:/bin/sh".split(':').map(String::from).collect());
-        shadow.rows.insert(0, "root:*::0:99999:7:::".split(':').map(String::from).collect());
+        passwd.rows.insert(
+            0,
+            "root:x:0:0:root:/root:/bin/sh"
+                .split(':')
+                .map(String::from)
+                .collect(),
+        );
+        shadow.rows.insert(
+            0,
+            "root:*::0:99999:7:::"
+                .split(':')
+                .map(String::from)
+                .collect(),
+        );
     }
     if group.find("root").is_none() {
-        group.rows.insert(0, "root:x:0:".split(':').map(String::from).collect());
-        gshadow.rows.insert(0, "root:*::".split(':').map(String::from).collect());
+        group
+            .rows
+            .insert(0, "root:x:0:".split(':').map(String::from).collect());
+        gshadow
+            .rows
+            .insert(0, "root:*::".split(':').map(String::from).collect());
     }
-    let lastchg = if epoch > 0 { (epoch / 86400).to_string() } else { String::new() };
+    let lastchg = if epoch > 0 {
+        (epoch / 86400).to_string()
+    } else {
+        String::new()
+    };
 
-    let ensure_group = |name: &str, gid: u32, group: &mut Table, gshadow: &mut Table| -> Result<(), AccountError> {
+    let ensure_group = |name: &str,
+                        gid: u32,
+                        group: &mut Table,
+                        gshadow: &mut Table|
+     -> Result<(), AccountError> {
         match (group.find(name), group.find_id(gid)) {
             (Some(i), _) if group.rows[i][2] == gid.to_string() => Ok(()),
             (Some(i), _) => Err(AccountError(format!(
                 "group `{name}` already exists with gid {}, not {gid}",
                 group.rows[i][2]
             ))),
-            (None, Some(i)) => Err(AccountError(format!("gid {gid} for group `{name}` is taken by `{}`", group.rows[i][0]))),
+            (None, Some(i)) => Err(AccountError(format!(
+                "gid {gid} for group `{name}` is taken by `{}`",
+                group.rows[i][0]
+            ))),
             (None, None) => {
-                group.rows.push(vec![name.into(), "x".into(), gid.to_string(), String::new()]);
+                group.rows.push(vec![
+                    name.into(),
+                    "x".into(),
+                    gid.to_string(),
+                    String::new(),
+                ]);
                 gshadow.upsert(vec![name.into(), "!".into(), String::new(), String::new()]);
                 Ok(())
             }
@@ -116,14 +152,23 @@ pub fn merge(db: &AccountDb, spec: &AccountsSpec, epoch: u64) -> Result<(Account
         }
         match (passwd.find(&u.name), passwd.find_id(u.uid)) {
             (Some(i), _) if passwd.rows[i][2] != u.uid.to_string() => {
-                return Err(AccountError(format!("user `{}` already exists with uid {}, not {}", u.name, passwd.rows[i][2], u.uid)));
+                return Err(AccountError(format!(
+                    "user `{}` already exists with uid {}, not {}",
+                    u.name, passwd.rows[i][2], u.uid
+                )));
             }
             (None, Some(i)) => {
-                return Err(AccountError(format!("uid {} for user `{}` is taken by `{}`", u.uid, u.name, passwd.rows[i][0])));
+                return Err(AccountError(format!(
+                    "uid {} for user `{}` is taken by `{}`",
+                    u.uid, u.name, passwd.rows[i][0]
+                )));
             }
             _ => {}
         }
-        let home = u.home.clone().unwrap_or_else(|| format!("/home/{}", u.name));
+        let home = u
+            .home
+            .clone()
+            .unwrap_or_else(|| format!("/home/{}", u.name));
         let shell = u.shell.clone().unwrap_or_else(|| "/bin/sh".into());
         passwd.upsert(vec![
             u.name.clone(),
@@ -147,14 +192,21 @@ pub fn merge(db: &AccountDb, spec: &AccountsSpec, epoch: u64) -> Result<(Account
         ]);
         for g in &u.groups {
             let Some(i) = group.find(g) else {
-                return Err(AccountError(format!("user `{}`: supplementary group `{g}` does not exist", u.name)));
+                return Err(AccountError(format!(
+                    "user `{}`: supplementary group `{g}` does not exist",
+                    u.name
+                )));
             };
             add_member(&mut group.rows[i], 3, &u.name);
             if let Some(j) = gshadow.find(g) {
                 add_member(&mut gshadow.rows[j], 3, &u.name);
             }
         }
-        homes.push(Home { path: home, uid: u.uid, gid });
+        homes.push(Home {
+            path: home,
+            uid: u.uid,
+            gid,
+        });
     }
     let out = AccountDb {
         passwd: passwd.render(),
@@ -191,23 +243,65 @@ mod tests {
             gshadow: "root:*::\nsudo:*::\n".into(),
         };
         let spec = AccountsSpec {
-            groups: vec![GroupSpec { name: "docker".into(), gid: 999 }],
+            groups: vec![GroupSpec {
+                name: "docker".into(),
+                gid: 999,
+            }],
             users: vec![user("coder", 1000, &["sudo", "docker"])],
         };
         let (out, homes) = merge(&db, &spec, 86400 * 20000).unwrap();
-        assert_eq!(out.passwd, "root:x:0:0:root:/root:/bin/bash\ncoder:x:1000:1000::/home/coder:/bin/bash\n");
-        assert_eq!(out.group, "root:x:0:\nsudo:x:27:coder\ndocker:x:999:coder\ncoder:x:1000:\n");
+        assert_eq!(
+            out.passwd,
+            "root:x:0:0:root:/root:/bin/bash\ncoder:x:1000:1000::/home/coder:/bin/bash\n"
+        );
+        assert_eq!(
+            out.group,
+            "root:x:0:\nsudo:x:27:coder\ndocker:x:999:coder\ncoder:x:1000:\n"
+        );
         assert!(out.shadow.contains("coder:!:20000:0:99999:7:::\n"));
         assert!(out.gshadow.contains("sudo:*::coder\n"));
-        assert_eq!(homes, vec![Home { path: "/home/coder".into(), uid: 1000, gid: 1000 }]);
+        assert_eq!(
+            homes,
+            vec![Home {
+                path: "/home/coder".into(),
+                uid: 1000,
+                gid: 1000
+            }]
+        );
     }
 
     #[test]
     fn clashes_are_errors() {
-        let db = AccountDb { passwd: "root:x:0:0::/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n".into(), ..Default::default() };
-        let err = merge(&db, &AccountsSpec { groups: vec![], users: vec![user("coder", 1000, &[])] }, 0).unwrap_err();
-        assert!(err.to_string().contains("uid 1000 for user `coder` is taken by `bob`"), "{err}");
-        let err = merge(&db, &AccountsSpec { groups: vec![], users: vec![user("eve", 1001, &["nope"])] }, 0).unwrap_err();
-        assert!(err.to_string().contains("supplementary group `nope`"), "{err}");
+        let db = AccountDb {
+            passwd: "root:x:0:0::/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n".into(),
+            ..Default::default()
+        };
+        let err = merge(
+            &db,
+            &AccountsSpec {
+                groups: vec![],
+                users: vec![user("coder", 1000, &[])],
+            },
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("uid 1000 for user `coder` is taken by `bob`"),
+            "{err}"
+        );
+        let err = merge(
+            &db,
+            &AccountsSpec {
+                groups: vec![],
+                users: vec![user("eve", 1001, &["nope"])],
+            },
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("supplementary group `nope`"),
+            "{err}"
+        );
     }
 }

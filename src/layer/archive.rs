@@ -19,12 +19,22 @@ pub enum ArchiveError {
     Zip { archive: String, message: String },
     /// An entry would land outside `dest`.
     #[error("{archive}: entry `{entry}` escapes the destination: {why}")]
-    Escape { archive: String, entry: String, why: String },
+    Escape {
+        archive: String,
+        entry: String,
+        why: String,
+    },
 }
 
 /// Guess the format from a URL or file name.
 pub fn guess_format(url: &str) -> Option<ArchiveFormat> {
-    let name = url.rsplit('/').next().unwrap_or(url).split(['?', '#']).next().unwrap_or(url);
+    let name = url
+        .rsplit('/')
+        .next()
+        .unwrap_or(url)
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url);
     let pairs: &[(&str, ArchiveFormat)] = &[
         (".tar.gz", ArchiveFormat::TarGz),
         (".tgz", ArchiveFormat::TarGz),
@@ -35,7 +45,10 @@ pub fn guess_format(url: &str) -> Option<ArchiveFormat> {
         (".tar", ArchiveFormat::Tar),
         (".zip", ArchiveFormat::Zip),
     ];
-    pairs.iter().find(|(ext, _)| name.ends_with(ext)).map(|(_, f)| *f)
+    pairs
+        .iter()
+        .find(|(ext, _)| name.ends_with(ext))
+        .map(|(_, f)| *f)
 }
 
 /// How to place an archive.
@@ -55,12 +68,27 @@ pub struct Placement<'a> {
 }
 
 /// Unpack `file` (already verified) into entries under `p.dest`.
-pub fn unpack(file: &Path, format: ArchiveFormat, p: &Placement<'_>) -> Result<Vec<Entry>, ArchiveError> {
-    let io_err = |source| ArchiveError::Io { archive: p.label.to_string(), source };
-    let open = || File::open(file).map(|f| BufReader::with_capacity(1 << 20, f)).map_err(io_err);
+pub fn unpack(
+    file: &Path,
+    format: ArchiveFormat,
+    p: &Placement<'_>,
+) -> Result<Vec<Entry>, ArchiveError> {
+    let io_err = |source| ArchiveError::Io {
+        archive: p.label.to_string(),
+        source,
+    };
+    let open = || {
+        File::open(file)
+            .map(|f| BufReader::with_capacity(1 << 20, f))
+            .map_err(io_err)
+    };
     let raw = match format {
         ArchiveFormat::Binary => {
-            let mut e = Entry::new(p.dest, Kind::File(Content::Disk(PathBuf::from(file))), p.binary_mode);
+            let mut e = Entry::new(
+                p.dest,
+                Kind::File(Content::Disk(PathBuf::from(file))),
+                p.binary_mode,
+            );
             e.uid = p.uid;
             e.gid = p.gid;
             return Ok(vec![e]);
@@ -68,7 +96,10 @@ pub fn unpack(file: &Path, format: ArchiveFormat, p: &Placement<'_>) -> Result<V
         ArchiveFormat::Tar => read_tar(open()?, p)?,
         ArchiveFormat::TarGz => read_tar(flate2::read::MultiGzDecoder::new(open()?), p)?,
         ArchiveFormat::TarXz => read_tar(liblzma::read::XzDecoder::new_multi_decoder(open()?), p)?,
-        ArchiveFormat::TarZst => read_tar(zstd::Decoder::new(File::open(file).map_err(io_err)?).map_err(io_err)?, p)?,
+        ArchiveFormat::TarZst => read_tar(
+            zstd::Decoder::new(File::open(file).map_err(io_err)?).map_err(io_err)?,
+            p,
+        )?,
         ArchiveFormat::Zip => read_zip(File::open(file).map_err(io_err)?, p)?,
     };
     place(raw, p)
@@ -84,7 +115,10 @@ struct Raw {
 }
 
 fn read_tar(r: impl Read, p: &Placement<'_>) -> Result<Vec<Raw>, ArchiveError> {
-    let io_err = |source| ArchiveError::Io { archive: p.label.to_string(), source };
+    let io_err = |source| ArchiveError::Io {
+        archive: p.label.to_string(),
+        source,
+    };
     let mut ar = tar::Archive::new(r);
     let mut out = Vec::new();
     for entry in ar.entries().map_err(io_err)? {
@@ -93,12 +127,19 @@ fn read_tar(r: impl Read, p: &Placement<'_>) -> Result<Vec<Raw>, ArchiveError> {
         let h = entry.header();
         let mode = h.mode().unwrap_or(0o644);
         let mtime = h.mtime().unwrap_or(0);
-        let link = || entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        let link = || {
+            entry
+                .link_name_bytes()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
         let kind = match h.entry_type() {
             tar::EntryType::Directory => Kind::Dir,
             tar::EntryType::Symlink => Kind::Symlink(link()),
             tar::EntryType::Link => Kind::Hardlink(link()),
-            tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File(Content::Bytes(Vec::new())),
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                Kind::File(Content::Bytes(Vec::new()))
+            }
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => continue,
             other => {
                 return Err(ArchiveError::Escape {
@@ -124,13 +165,22 @@ fn read_tar(r: impl Read, p: &Placement<'_>) -> Result<Vec<Raw>, ArchiveError> {
             }
             k => k,
         };
-        out.push(Raw { path, kind, mode, mtime, xattrs });
+        out.push(Raw {
+            path,
+            kind,
+            mode,
+            mtime,
+            xattrs,
+        });
     }
     Ok(out)
 }
 
 fn read_zip(f: File, p: &Placement<'_>) -> Result<Vec<Raw>, ArchiveError> {
-    let zerr = |e: zip::result::ZipError| ArchiveError::Zip { archive: p.label.to_string(), message: e.to_string() };
+    let zerr = |e: zip::result::ZipError| ArchiveError::Zip {
+        archive: p.label.to_string(),
+        message: e.to_string(),
+    };
     let mut z = zip::ZipArchive::new(BufReader::new(f)).map_err(zerr)?;
     let mut out = Vec::new();
     for i in 0..z.len() {
@@ -138,17 +188,30 @@ fn read_zip(f: File, p: &Placement<'_>) -> Result<Vec<Raw>, ArchiveError> {
         let path = file.name().map_err(zerr)?.to_string();
         let unix = file.unix_mode();
         let mut buf = Vec::new();
-        file.read_to_end(&mut buf).map_err(|source| ArchiveError::Io { archive: p.label.to_string(), source })?;
+        file.read_to_end(&mut buf)
+            .map_err(|source| ArchiveError::Io {
+                archive: p.label.to_string(),
+                source,
+            })?;
         let is_link = unix.is_some_and(|m| m & 0o170000 == 0o120000);
         let (kind, default_mode) = if file.is_dir() {
             (Kind::Dir, 0o755)
         } else if is_link {
-            (Kind::Symlink(String::from_utf8_lossy(&buf).into_owned()), 0o777)
+            (
+                Kind::Symlink(String::from_utf8_lossy(&buf).into_owned()),
+                0o777,
+            )
         } else {
             (Kind::File(Content::Bytes(buf)), 0o644)
         };
         let mode = unix.map(|m| m & 0o7777).unwrap_or(default_mode);
-        out.push(Raw { path, kind, mode, mtime: 0, xattrs: BTreeMap::new() });
+        out.push(Raw {
+            path,
+            kind,
+            mode,
+            mtime: 0,
+            xattrs: BTreeMap::new(),
+        });
     }
     Ok(out)
 }
@@ -183,8 +246,12 @@ fn place(raw: Vec<Raw>, p: &Placement<'_>) -> Result<Vec<Entry>, ArchiveError> {
         if r.path.split('/').any(|c| c == "..") {
             return Err(escape(&r.path, "`..` in path"));
         }
-        let parts: Vec<String> =
-            r.path.split('/').filter(|c| !c.is_empty() && *c != ".").map(String::from).collect();
+        let parts: Vec<String> = r
+            .path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(String::from)
+            .collect();
         if parts.len() <= p.strip as usize {
             continue;
         }
@@ -192,7 +259,10 @@ fn place(raw: Vec<Raw>, p: &Placement<'_>) -> Result<Vec<Entry>, ArchiveError> {
         // A member below a symlink from the same archive would be written through the link.
         for n in 1..inner.len() {
             if links.contains(&inner[..n]) {
-                return Err(escape(&r.path, "a parent directory is a symlink in the same archive"));
+                return Err(escape(
+                    &r.path,
+                    "a parent directory is a symlink in the same archive",
+                ));
             }
         }
         let kind = match r.kind {
@@ -200,16 +270,29 @@ fn place(raw: Vec<Raw>, p: &Placement<'_>) -> Result<Vec<Entry>, ArchiveError> {
                 if !target.starts_with('/') {
                     let base = inner[..inner.len() - 1].iter().cloned();
                     if normalize(base.chain(target.split('/').map(String::from))).is_none() {
-                        return Err(escape(&r.path, &format!("symlink target `{target}` points outside the destination")));
+                        return Err(escape(
+                            &r.path,
+                            &format!("symlink target `{target}` points outside the destination"),
+                        ));
                     }
                 }
                 links.insert(inner.clone());
                 Kind::Symlink(target)
             }
             Kind::Hardlink(target) => {
-                let tparts: Vec<String> = target.split('/').filter(|c| !c.is_empty() && *c != ".").map(String::from).collect();
-                if target.starts_with('/') || target.split('/').any(|c| c == "..") || tparts.len() <= p.strip as usize {
-                    return Err(escape(&r.path, &format!("hardlink target `{target}` is outside the destination")));
+                let tparts: Vec<String> = target
+                    .split('/')
+                    .filter(|c| !c.is_empty() && *c != ".")
+                    .map(String::from)
+                    .collect();
+                if target.starts_with('/')
+                    || target.split('/').any(|c| c == "..")
+                    || tparts.len() <= p.strip as usize
+                {
+                    return Err(escape(
+                        &r.path,
+                        &format!("hardlink target `{target}` is outside the destination"),
+                    ));
                 }
                 let t = join(p.dest, &tparts[p.strip as usize..]);
                 Kind::Hardlink(t)
@@ -257,12 +340,23 @@ mod tests {
     }
 
     fn placement() -> Placement<'static> {
-        Placement { label: "t.tar", dest: "opt/x", strip: 1, uid: 0, gid: 0, binary_mode: 0o755 }
+        Placement {
+            label: "t.tar",
+            dest: "opt/x",
+            strip: 1,
+            uid: 0,
+            gid: 0,
+            binary_mode: 0o755,
+        }
     }
 
     #[test]
     fn strips_and_places() {
-        let f = tar_with(&[("pkg/", tar::EntryType::Directory, ""), ("pkg/bin/a", tar::EntryType::Regular, ""), ("pkg/bin/b", tar::EntryType::Symlink, "a")]);
+        let f = tar_with(&[
+            ("pkg/", tar::EntryType::Directory, ""),
+            ("pkg/bin/a", tar::EntryType::Regular, ""),
+            ("pkg/bin/b", tar::EntryType::Symlink, "a"),
+        ]);
         let es = unpack(f.path(), ArchiveFormat::Tar, &placement()).unwrap();
         let paths: Vec<_> = es.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec!["opt/x/bin/a", "opt/x/bin/b"]);
@@ -271,14 +365,34 @@ mod tests {
     #[test]
     fn rejects_escapes() {
         for (members, why) in [
-            (vec![("pkg/../../etc/passwd", tar::EntryType::Regular, "")], "`..`"),
-            (vec![("/etc/passwd", tar::EntryType::Regular, "")], "absolute"),
-            (vec![("pkg/l", tar::EntryType::Symlink, "../../../etc")], "outside"),
-            (vec![("pkg/l", tar::EntryType::Symlink, "/etc"), ("pkg/l/passwd", tar::EntryType::Regular, "")], "symlink in the same"),
-            (vec![("pkg/h", tar::EntryType::Link, "/etc/shadow")], "hardlink"),
+            (
+                vec![("pkg/../../etc/passwd", tar::EntryType::Regular, "")],
+                "`..`",
+            ),
+            (
+                vec![("/etc/passwd", tar::EntryType::Regular, "")],
+                "absolute",
+            ),
+            (
+                vec![("pkg/l", tar::EntryType::Symlink, "../../../etc")],
+                "outside",
+            ),
+            (
+                vec![
+                    ("pkg/l", tar::EntryType::Symlink, "/etc"),
+                    ("pkg/l/passwd", tar::EntryType::Regular, ""),
+                ],
+                "symlink in the same",
+            ),
+            (
+                vec![("pkg/h", tar::EntryType::Link, "/etc/shadow")],
+                "hardlink",
+            ),
         ] {
             let f = tar_with(&members);
-            let err = unpack(f.path(), ArchiveFormat::Tar, &placement()).unwrap_err().to_string();
+            let err = unpack(f.path(), ArchiveFormat::Tar, &placement())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(why), "{err} should mention {why}");
             assert!(err.contains("t.tar"), "{err}");
         }
@@ -286,7 +400,10 @@ mod tests {
 
     #[test]
     fn guesses_formats() {
-        assert_eq!(guess_format("https://x.example/a-1.2.tar.gz?x=1"), Some(ArchiveFormat::TarGz));
+        assert_eq!(
+            guess_format("https://x.example/a-1.2.tar.gz?x=1"),
+            Some(ArchiveFormat::TarGz)
+        );
         assert_eq!(guess_format("a.zip"), Some(ArchiveFormat::Zip));
         assert_eq!(guess_format("tool"), None);
     }

@@ -59,7 +59,15 @@ pub struct Entry {
 impl Entry {
     /// An entry with root ownership and no xattrs.
     pub fn new(path: impl Into<String>, kind: Kind, mode: u32) -> Self {
-        Self { path: path.into(), kind, mode, uid: 0, gid: 0, mtime: 0, xattrs: BTreeMap::new() }
+        Self {
+            path: path.into(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            xattrs: BTreeMap::new(),
+        }
     }
 }
 
@@ -78,8 +86,15 @@ pub struct Meta {
 
 /// Normalise an image path (`/usr//bin/` → `usr/bin`); `None` for the root itself.
 pub fn rel_path(p: &str) -> Option<String> {
-    let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
-    if parts.is_empty() { None } else { Some(parts.join("/")) }
+    let parts: Vec<&str> = p
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("/"))
+    }
 }
 
 /// A layer under construction: entries by path, parents created on demand.
@@ -101,7 +116,8 @@ impl LayerTree {
         let mut parent = entry.path.as_str();
         while let Some((p, _)) = parent.rsplit_once('/') {
             if !self.entries.contains_key(p) {
-                self.entries.insert(p.to_string(), Entry::new(p, Kind::Dir, 0o755));
+                self.entries
+                    .insert(p.to_string(), Entry::new(p, Kind::Dir, 0o755));
                 self.implicit.insert(p.to_string());
             }
             parent = p;
@@ -118,8 +134,10 @@ impl LayerTree {
     /// Remove an entry and everything below it.
     pub fn remove_tree(&mut self, path: &str) {
         let prefix = format!("{path}/");
-        self.entries.retain(|k, _| k != path && !k.starts_with(&prefix));
-        self.implicit.retain(|k| k != path && !k.starts_with(&prefix));
+        self.entries
+            .retain(|k, _| k != path && !k.starts_with(&prefix));
+        self.implicit
+            .retain(|k| k != path && !k.starts_with(&prefix));
     }
 
     /// Give implicit parents the metadata the lower layers have for them, so writing this
@@ -159,13 +177,32 @@ mod tests {
     #[test]
     fn parents_are_created_and_adopt_lower_metadata() {
         let mut t = LayerTree::new();
-        t.insert(Entry::new("home/coder/.profile", Kind::File(Content::Bytes(vec![])), 0o644));
+        t.insert(Entry::new(
+            "home/coder/.profile",
+            Kind::File(Content::Bytes(vec![])),
+            0o644,
+        ));
         t.insert(Entry::new("etc", Kind::Dir, 0o700));
-        t.adopt_lower_dirs(|p| (p == "home/coder").then_some(Meta { t: 'd', m: 0o750, u: 1000, g: 1000 }));
-        let paths: Vec<_> = t.entries().map(|e| (e.path.as_str(), e.mode, e.uid)).collect();
+        t.adopt_lower_dirs(|p| {
+            (p == "home/coder").then_some(Meta {
+                t: 'd',
+                m: 0o750,
+                u: 1000,
+                g: 1000,
+            })
+        });
+        let paths: Vec<_> = t
+            .entries()
+            .map(|e| (e.path.as_str(), e.mode, e.uid))
+            .collect();
         assert_eq!(
             paths,
-            vec![("etc", 0o700, 0), ("home", 0o755, 0), ("home/coder", 0o750, 1000), ("home/coder/.profile", 0o644, 0)]
+            vec![
+                ("etc", 0o700, 0),
+                ("home", 0o755, 0),
+                ("home/coder", 0o750, 1000),
+                ("home/coder/.profile", 0o644, 0)
+            ]
         );
         assert_eq!(rel_path("//usr/./bin/"), Some("usr/bin".to_string()));
         assert_eq!(rel_path("/"), None);

@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod archive;
 pub mod entry;
+pub mod install;
 pub mod store;
 pub mod tarball;
 pub mod walk;
@@ -15,7 +16,7 @@ use serde::Serialize;
 use crate::digest::Sha256Digest;
 use crate::spec::{ArchiveFormat, ArchiveSpec, Compression, Layer, Sha256Spec};
 use entry::{Content, Entry, Kind, LayerTree, rel_path};
-use store::LowerView;
+use store::Lower;
 use walk::Ownership;
 
 /// Bumped whenever the bytes hakim writes for the same inputs change.
@@ -26,22 +27,42 @@ pub const LAYER_FORMAT: u32 = 1;
 pub enum LayerError {
     /// Reading a local input failed.
     #[error("layer `{layer}`: {path}: {source}")]
-    Local { layer: String, path: PathBuf, source: std::io::Error },
+    Local {
+        layer: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Archive unpacking failed or was refused.
     #[error("layer `{layer}`: {source}")]
-    Archive { layer: String, source: archive::ArchiveError },
+    Archive {
+        layer: String,
+        source: archive::ArchiveError,
+    },
     /// Account merge failed.
     #[error("layer `{layer}`: {source}")]
-    Accounts { layer: String, source: accounts::AccountError },
+    Accounts {
+        layer: String,
+        source: accounts::AccountError,
+    },
     /// A declared value cannot be used.
     #[error("layer `{layer}` ({file}): {message}")]
-    Invalid { layer: String, file: PathBuf, message: String },
+    Invalid {
+        layer: String,
+        file: PathBuf,
+        message: String,
+    },
     /// The layer cache failed.
     #[error("layer `{layer}`: {source}")]
-    Store { layer: String, source: store::StoreError },
+    Store {
+        layer: String,
+        source: store::StoreError,
+    },
     /// Writing the tarball failed.
     #[error("layer `{layer}`: {source}")]
-    Tar { layer: String, source: tarball::TarError },
+    Tar {
+        layer: String,
+        source: tarball::TarError,
+    },
 }
 
 /// The sha256 an archive must have for `arch`.
@@ -85,15 +106,28 @@ fn local_inputs(layer: &Layer) -> Result<Vec<LocalInput>, LayerError> {
     }
     let mut out = Vec::new();
     for (src, label) in srcs {
-        let entries = walk::walk(&src, &label, Ownership::Keep)
-            .map_err(|source| LayerError::Local { layer: layer.name.clone(), path: src.clone(), source })?;
+        let entries =
+            walk::walk(&src, &label, Ownership::Keep).map_err(|source| LayerError::Local {
+                layer: layer.name.clone(),
+                path: src.clone(),
+                source,
+            })?;
         for e in entries {
             let (kind, sha256, link) = match &e.kind {
                 Kind::File(Content::Disk(p)) => {
-                    let f = std::fs::File::open(p)
-                        .map_err(|source| LayerError::Local { layer: layer.name.clone(), path: p.clone(), source })?;
-                    let d = Sha256Digest::of_reader(std::io::BufReader::new(f))
-                        .map_err(|source| LayerError::Local { layer: layer.name.clone(), path: p.clone(), source })?;
+                    let f = std::fs::File::open(p).map_err(|source| LayerError::Local {
+                        layer: layer.name.clone(),
+                        path: p.clone(),
+                        source,
+                    })?;
+                    let d =
+                        Sha256Digest::of_reader(std::io::BufReader::new(f)).map_err(|source| {
+                            LayerError::Local {
+                                layer: layer.name.clone(),
+                                path: p.clone(),
+                                source,
+                            }
+                        })?;
                     ('f', Some(d), None)
                 }
                 Kind::Dir => ('d', None, None),
@@ -101,7 +135,14 @@ fn local_inputs(layer: &Layer) -> Result<Vec<LocalInput>, LayerError> {
                 Kind::Hardlink(t) => ('h', None, Some(t.clone())),
                 _ => ('o', None, None),
             };
-            out.push(LocalInput { path: e.path, kind, mode: e.mode & 0o111, sha256, link, xattrs: e.xattrs });
+            out.push(LocalInput {
+                path: e.path,
+                kind,
+                mode: e.mode & 0o111,
+                sha256,
+                link,
+                xattrs: e.xattrs,
+            });
         }
     }
     Ok(out)
@@ -117,7 +158,12 @@ pub fn layer_key(
     parent: Option<&Sha256Digest>,
     extra: &serde_json::Value,
 ) -> Result<Sha256Digest, LayerError> {
-    let archives: Vec<Option<Sha256Digest>> = layer.spec.archives.iter().map(|a| archive_digest(&a.value, arch)).collect();
+    let archives: Vec<Option<Sha256Digest>> = layer
+        .spec
+        .archives
+        .iter()
+        .map(|a| archive_digest(&a.value, arch))
+        .collect();
     let key = serde_json::json!({
         "format": LAYER_FORMAT,
         "parent": parent,
@@ -129,7 +175,9 @@ pub fn layer_key(
         "archives": archives,
         "extra": extra,
     });
-    Ok(Sha256Digest::of(&serde_json::to_vec(&key).expect("key serializes")))
+    Ok(Sha256Digest::of(
+        &serde_json::to_vec(&key).expect("key serializes"),
+    ))
 }
 
 /// Inputs for assembling one layer that does not need a root filesystem.
@@ -141,7 +189,7 @@ pub struct PureInputs<'a> {
     /// Fetched archive files, in the order of `archives:`.
     pub archives: &'a [PathBuf],
     /// The layers below.
-    pub lower: &'a LowerView<'a>,
+    pub lower: &'a dyn Lower,
 }
 
 const ACCOUNT_FILES: [&str; 4] = ["etc/passwd", "etc/group", "etc/shadow", "etc/gshadow"];
@@ -149,19 +197,44 @@ const ACCOUNT_FILES: [&str; 4] = ["etc/passwd", "etc/group", "etc/shadow", "etc/
 /// Build the entries of a layer made of files, directories, symlinks, archives and accounts.
 pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, LayerError> {
     let name = &layer.name;
-    let invalid = |message: String| LayerError::Invalid { layer: name.clone(), file: layer.file.clone(), message };
+    let invalid = |message: String| LayerError::Invalid {
+        layer: name.clone(),
+        file: layer.file.clone(),
+        message,
+    };
     let mut tree = LayerTree::new();
 
     // Accounts first: owners named in this layer may be users it creates.
     let mut db = None;
     let needs_db = layer.spec.accounts.is_some()
-        || layer.spec.files.iter().any(|f| f.value.owner.as_deref().is_some_and(has_names))
-        || layer.spec.directories.iter().any(|d| d.value.owner.as_deref().is_some_and(has_names))
-        || layer.spec.archives.iter().any(|a| a.value.owner.as_deref().is_some_and(has_names));
+        || layer
+            .spec
+            .files
+            .iter()
+            .any(|f| f.value.owner.as_deref().is_some_and(has_names))
+        || layer
+            .spec
+            .directories
+            .iter()
+            .any(|d| d.value.owner.as_deref().is_some_and(has_names))
+        || layer
+            .spec
+            .archives
+            .iter()
+            .any(|a| a.value.owner.as_deref().is_some_and(has_names));
     if needs_db {
         let paths: Vec<String> = ACCOUNT_FILES.iter().map(|s| s.to_string()).collect();
-        let files = inp.lower.read_files(&paths).map_err(|source| LayerError::Store { layer: name.clone(), source })?;
-        let text = |p: &str| String::from_utf8_lossy(files.get(p).map(Vec::as_slice).unwrap_or_default()).into_owned();
+        let files = inp
+            .lower
+            .read_files(&paths)
+            .map_err(|source| LayerError::Store {
+                layer: name.clone(),
+                source,
+            })?;
+        let text = |p: &str| {
+            String::from_utf8_lossy(files.get(p).map(Vec::as_slice).unwrap_or_default())
+                .into_owned()
+        };
         let lower_db = accounts::AccountDb {
             passwd: text("etc/passwd"),
             group: text("etc/group"),
@@ -172,8 +245,11 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
     }
     let mut homes = Vec::new();
     if let (Some(spec), Some(lower_db)) = (&layer.spec.accounts, &db) {
-        let (merged, h) = accounts::merge(lower_db, spec, inp.epoch)
-            .map_err(|source| LayerError::Accounts { layer: name.clone(), source })?;
+        let (merged, h) =
+            accounts::merge(lower_db, spec, inp.epoch).map_err(|source| LayerError::Accounts {
+                layer: name.clone(),
+                source,
+            })?;
         homes = h;
         db = Some(merged);
     }
@@ -186,17 +262,26 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
 
     let rootfs = layer.dir.join("rootfs");
     if rootfs.is_dir() {
-        let entries = walk::walk(&rootfs, "", Ownership::Normalize)
-            .map_err(|source| LayerError::Local { layer: name.clone(), path: rootfs.clone(), source })?;
+        let entries =
+            walk::walk(&rootfs, "", Ownership::Normalize).map_err(|source| LayerError::Local {
+                layer: name.clone(),
+                path: rootfs.clone(),
+                source,
+            })?;
         entries.into_iter().for_each(|e| tree.insert(e));
     }
     for f in &layer.spec.files {
         let f = &f.value;
         let src = layer.dir.join(&f.src);
-        let dest = rel_path(&f.dest).ok_or_else(|| invalid(format!("files: `{}` is the root directory", f.dest)))?;
+        let dest = rel_path(&f.dest)
+            .ok_or_else(|| invalid(format!("files: `{}` is the root directory", f.dest)))?;
         let (uid, gid) = owner(f.owner.as_deref())?;
-        let entries = walk::walk(&src, &dest, Ownership::Normalize)
-            .map_err(|source| LayerError::Local { layer: name.clone(), path: src.clone(), source })?;
+        let entries =
+            walk::walk(&src, &dest, Ownership::Normalize).map_err(|source| LayerError::Local {
+                layer: name.clone(),
+                path: src.clone(),
+                source,
+            })?;
         for mut e in entries {
             e.uid = uid;
             e.gid = gid;
@@ -208,7 +293,9 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
     }
     for d in &layer.spec.directories {
         let d = &d.value;
-        let Some(path) = rel_path(&d.path) else { continue };
+        let Some(path) = rel_path(&d.path) else {
+            continue;
+        };
         let (uid, gid) = owner(d.owner.as_deref())?;
         let mut e = Entry::new(path, Kind::Dir, d.mode.map_or(0o755, |m| m.0));
         e.uid = uid;
@@ -217,12 +304,16 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
     }
     for s in &layer.spec.symlinks {
         let s = &s.value;
-        let path = rel_path(&s.path).ok_or_else(|| invalid(format!("symlinks: `{}` is the root directory", s.path)))?;
+        let path = rel_path(&s.path)
+            .ok_or_else(|| invalid(format!("symlinks: `{}` is the root directory", s.path)))?;
         tree.insert(Entry::new(path, Kind::Symlink(s.target.clone()), 0o777));
     }
     for (a, file) in layer.spec.archives.iter().zip(inp.archives) {
         let a = &a.value;
-        let format = a.format.or_else(|| archive::guess_format(&a.url)).unwrap_or(ArchiveFormat::Binary);
+        let format = a
+            .format
+            .or_else(|| archive::guess_format(&a.url))
+            .unwrap_or(ArchiveFormat::Binary);
         let (uid, gid) = owner(a.owner.as_deref())?;
         let dest = rel_path(&a.dest).unwrap_or_default();
         let label = a.url.replace("{arch}", inp.arch);
@@ -234,8 +325,11 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
             gid,
             binary_mode: a.mode.map_or(0o755, |m| m.0),
         };
-        let entries = archive::unpack(file, format, &placement)
-            .map_err(|source| LayerError::Archive { layer: name.clone(), source })?;
+        let entries =
+            archive::unpack(file, format, &placement).map_err(|source| LayerError::Archive {
+                layer: name.clone(),
+                source,
+            })?;
         entries.into_iter().for_each(|e| tree.insert(e));
     }
     if let (Some(_), Some(db)) = (&layer.spec.accounts, &db) {
@@ -245,26 +339,47 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
             ("etc/shadow", &db.shadow, 0o640),
             ("etc/gshadow", &db.gshadow, 0o640),
         ] {
-            let mut e = Entry::new(path, Kind::File(Content::Bytes(text.clone().into_bytes())), mode);
+            let mut e = Entry::new(
+                path,
+                Kind::File(Content::Bytes(text.clone().into_bytes())),
+                mode,
+            );
             // Debian keeps the shadow files readable by group `shadow`.
             if mode == 0o640 {
                 e.gid = inp.lower.meta(path).map_or(0, |m| m.g);
             }
             tree.insert(e);
         }
-        add_homes(&mut tree, &homes, inp.lower).map_err(|source| LayerError::Store { layer: name.clone(), source })?;
+        add_homes(&mut tree, &homes, inp.lower).map_err(|source| LayerError::Store {
+            layer: name.clone(),
+            source,
+        })?;
     }
     tree.adopt_lower_dirs(|p| inp.lower.meta(p));
     Ok(tree)
 }
 
-fn add_homes(tree: &mut LayerTree, homes: &[accounts::Home], lower: &LowerView<'_>) -> Result<(), store::StoreError> {
+fn add_homes(
+    tree: &mut LayerTree,
+    homes: &[accounts::Home],
+    lower: &dyn Lower,
+) -> Result<(), store::StoreError> {
     let skel = lower.files_under("etc/skel");
-    let skel_paths: Vec<String> = skel.iter().filter(|(_, m)| m.t == 'f').map(|(p, _)| p.clone()).collect();
+    let skel_paths: Vec<String> = skel
+        .iter()
+        .filter(|(_, m)| m.t == 'f')
+        .map(|(p, _)| p.clone())
+        .collect();
     let skel_files = lower.read_files(&skel_paths)?;
     for h in homes {
-        let Some(home) = rel_path(&h.path) else { continue };
-        if lower.meta(&home).is_some() || tree.get(&home).is_some_and(|e| !matches!(e.kind, Kind::Dir) || e.uid != 0) {
+        let Some(home) = rel_path(&h.path) else {
+            continue;
+        };
+        if lower.meta(&home).is_some()
+            || tree
+                .get(&home)
+                .is_some_and(|e| !matches!(e.kind, Kind::Dir) || e.uid != 0)
+        {
             continue;
         }
         let mut d = Entry::new(home.clone(), Kind::Dir, 0o750);
@@ -301,10 +416,14 @@ pub fn resolve_owner(owner: &str, db: Option<&accounts::AccountDb>) -> Result<(u
         text.and_then(|t| {
             t.lines().find_map(|l| {
                 let f: Vec<&str> = l.split(':').collect();
-                (f.first() == Some(&name)).then(|| f.get(2).and_then(|s| s.parse().ok())).flatten()
+                (f.first() == Some(&name))
+                    .then(|| f.get(2).and_then(|s| s.parse().ok()))
+                    .flatten()
             })
         })
-        .ok_or_else(|| format!("owner `{owner}`: no {what} `{name}` in this layer or the layers below"))
+        .ok_or_else(|| {
+            format!("owner `{owner}`: no {what} `{name}` in this layer or the layers below")
+        })
     };
     let uid = lookup(u, db.map(|d| &d.passwd), "user")?;
     let gid = lookup(g, db.map(|d| &d.group), "group")?;
@@ -312,7 +431,10 @@ pub fn resolve_owner(owner: &str, db: Option<&accounts::AccountDb>) -> Result<(u
 }
 
 /// Files an archive source must be fetched from for `arch`, with their expected digests.
-pub fn archive_sources(layer: &Layer, arch: &str) -> Result<Vec<(String, Sha256Digest)>, LayerError> {
+pub fn archive_sources(
+    layer: &Layer,
+    arch: &str,
+) -> Result<Vec<(String, Sha256Digest)>, LayerError> {
     layer
         .spec
         .archives
@@ -321,10 +443,12 @@ pub fn archive_sources(layer: &Layer, arch: &str) -> Result<Vec<(String, Sha256D
             let d = archive_digest(&a.value, arch).ok_or_else(|| LayerError::Invalid {
                 layer: layer.name.clone(),
                 file: layer.file.clone(),
-                message: format!("archive `{}` has no sha256 for architecture `{arch}`", a.value.url),
+                message: format!(
+                    "archive `{}` has no sha256 for architecture `{arch}`",
+                    a.value.url
+                ),
             })?;
             Ok((archive_url(layer, &a.value, arch), d))
         })
         .collect()
 }
-

@@ -43,8 +43,14 @@ impl LayerStore {
     /// Open the store under `cache_dir`.
     pub fn open(cache_dir: &Path) -> Result<Self, StoreError> {
         let dir = cache_dir.join("layers");
-        fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
-        let cas = Cas::open(cache_dir.join("blobs")).map_err(|e| StoreError::Corrupt { path: dir.clone(), message: e.to_string() })?;
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let cas = Cas::open(cache_dir.join("blobs")).map_err(|e| StoreError::Corrupt {
+            path: dir.clone(),
+            message: e.to_string(),
+        })?;
         Ok(Self { dir, cas })
     }
 
@@ -69,27 +75,57 @@ impl LayerStore {
     }
 
     /// Remember a sealed layer (index first, record last, both atomic).
-    pub fn put(&self, key: &Sha256Digest, rec: &LayerRecord, index: &[(String, Meta)]) -> Result<(), StoreError> {
-        write_atomic(&self.index_path(key), &serde_json::to_vec(index).expect("index serializes"))?;
-        write_atomic(&self.record_path(key), &serde_json::to_vec_pretty(rec).expect("record serializes"))
+    pub fn put(
+        &self,
+        key: &Sha256Digest,
+        rec: &LayerRecord,
+        index: &[(String, Meta)],
+    ) -> Result<(), StoreError> {
+        write_atomic(
+            &self.index_path(key),
+            &serde_json::to_vec(index).expect("index serializes"),
+        )?;
+        write_atomic(
+            &self.record_path(key),
+            &serde_json::to_vec_pretty(rec).expect("record serializes"),
+        )
     }
 
     /// The entry index of a cached layer.
     pub fn index(&self, key: &Sha256Digest) -> Result<Vec<(String, Meta)>, StoreError> {
         let path = self.index_path(key);
-        let bytes = fs::read(&path).map_err(|source| StoreError::Io { path: path.clone(), source })?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path, message: e.to_string() })
+        let bytes = fs::read(&path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path,
+            message: e.to_string(),
+        })
     }
 }
 
 /// Write a file via a temp file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let io_err = |source| StoreError::Io { path: path.to_path_buf(), source };
+    let io_err = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err)?;
     io::Write::write_all(&mut tmp, bytes).map_err(io_err)?;
     tmp.persist(path).map_err(|e| io_err(e.error))?;
     Ok(())
+}
+
+/// What a layer being built can see of the layers below it.
+pub trait Lower {
+    /// Metadata of a path, if present.
+    fn meta(&self, path: &str) -> Option<Meta>;
+    /// Contents of regular files by path; missing paths are absent from the result.
+    fn read_files(&self, paths: &[String]) -> Result<BTreeMap<String, Vec<u8>>, StoreError>;
+    /// Everything below a directory (e.g. `etc/skel`), as relative paths.
+    fn files_under(&self, dir: &str) -> Vec<(String, Meta)>;
 }
 
 /// The merged view of the layers below the one being built.
@@ -102,7 +138,10 @@ pub struct LowerView<'a> {
 
 impl<'a> LowerView<'a> {
     /// Build the view from cached layers, bottom first.
-    pub fn new(store: &'a LayerStore, layers: &[(Sha256Digest, LayerRecord)]) -> Result<Self, StoreError> {
+    pub fn new(
+        store: &'a LayerStore,
+        layers: &[(Sha256Digest, LayerRecord)],
+    ) -> Result<Self, StoreError> {
         let mut merged: BTreeMap<String, (Meta, usize)> = BTreeMap::new();
         for (i, (key, _)) in layers.iter().enumerate() {
             for (path, meta) in store.index(key)? {
@@ -115,16 +154,20 @@ impl<'a> LowerView<'a> {
                 }
             }
         }
-        Ok(Self { store, layers: layers.iter().map(|(_, r)| r.clone()).collect(), merged })
+        Ok(Self {
+            store,
+            layers: layers.iter().map(|(_, r)| r.clone()).collect(),
+            merged,
+        })
     }
+}
 
-    /// Metadata of a path as the lower layers leave it.
-    pub fn meta(&self, path: &str) -> Option<Meta> {
+impl Lower for LowerView<'_> {
+    fn meta(&self, path: &str) -> Option<Meta> {
         self.merged.get(path).map(|(m, _)| m.clone())
     }
 
-    /// Contents of regular files, by path; missing paths are absent from the result.
-    pub fn read_files(&self, paths: &[String]) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+    fn read_files(&self, paths: &[String]) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
         let mut by_layer: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
         for p in paths {
             if let Some((m, i)) = self.merged.get(p)
@@ -137,7 +180,10 @@ impl<'a> LowerView<'a> {
         for (i, wanted) in by_layer {
             let blob = &self.layers[i].blob;
             let path = self.store.cas.path(&blob.digest);
-            let io_err = |source| StoreError::Io { path: path.clone(), source };
+            let io_err = |source| StoreError::Io {
+                path: path.clone(),
+                source,
+            };
             let file = fs::File::open(&path).map_err(io_err)?;
             let reader: Box<dyn Read> = if blob.media_type.ends_with("zstd") {
                 Box::new(zstd::Decoder::new(file).map_err(io_err)?)
@@ -147,7 +193,10 @@ impl<'a> LowerView<'a> {
             let mut ar = tar::Archive::new(reader);
             for entry in ar.entries().map_err(io_err)? {
                 let mut entry = entry.map_err(io_err)?;
-                let name = String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").trim_end_matches('/').to_string();
+                let name = String::from_utf8_lossy(&entry.path_bytes())
+                    .trim_start_matches("./")
+                    .trim_end_matches('/')
+                    .to_string();
                 if wanted.iter().any(|w| **w == name) {
                     let mut buf = Vec::new();
                     entry.read_to_end(&mut buf).map_err(io_err)?;
@@ -158,8 +207,7 @@ impl<'a> LowerView<'a> {
         Ok(out)
     }
 
-    /// Regular files below a directory (e.g. `etc/skel`), as relative paths.
-    pub fn files_under(&self, dir: &str) -> Vec<(String, Meta)> {
+    fn files_under(&self, dir: &str) -> Vec<(String, Meta)> {
         let prefix = format!("{dir}/");
         self.merged
             .range(prefix.clone()..)
@@ -174,8 +222,85 @@ fn remove_tree(map: &mut BTreeMap<String, (Meta, usize)>, path: &str, including_
         map.remove(path);
     }
     let prefix = format!("{path}/");
-    let doomed: Vec<String> = map.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect();
+    let doomed: Vec<String> = map
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, _)| k.clone())
+        .collect();
     for k in doomed {
         map.remove(&k);
+    }
+}
+
+/// A real root filesystem seen as the lower side (package and run layers build on one).
+pub struct DirView {
+    /// The root directory.
+    pub root: PathBuf,
+}
+
+fn dir_meta(p: &Path) -> Option<Meta> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let m = fs::symlink_metadata(p).ok()?;
+    let ft = m.file_type();
+    let t = if ft.is_dir() {
+        'd'
+    } else if ft.is_symlink() {
+        'l'
+    } else if ft.is_file() {
+        'f'
+    } else if ft.is_char_device() {
+        'c'
+    } else if ft.is_block_device() {
+        'b'
+    } else {
+        'p'
+    };
+    Some(Meta {
+        t,
+        m: m.mode() & 0o7777,
+        u: m.uid(),
+        g: m.gid(),
+    })
+}
+
+impl Lower for DirView {
+    fn meta(&self, path: &str) -> Option<Meta> {
+        dir_meta(&self.root.join(path))
+    }
+
+    fn read_files(&self, paths: &[String]) -> Result<BTreeMap<String, Vec<u8>>, StoreError> {
+        let mut out = BTreeMap::new();
+        for p in paths {
+            let full = self.root.join(p);
+            if fs::symlink_metadata(&full).is_ok_and(|m| m.is_file()) {
+                let bytes = fs::read(&full).map_err(|source| StoreError::Io {
+                    path: full.clone(),
+                    source,
+                })?;
+                out.insert(p.clone(), bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    fn files_under(&self, dir: &str) -> Vec<(String, Meta)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_string()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = fs::read_dir(self.root.join(&d)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let rel = format!("{d}/{}", e.file_name().to_string_lossy());
+                if let Some(m) = dir_meta(&e.path()) {
+                    if m.t == 'd' {
+                        stack.push(rel.clone());
+                    }
+                    out.push((rel, m));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 }

@@ -54,7 +54,9 @@ pub fn media_type(c: Compression) -> &'static str {
 }
 
 fn threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Write entries as a tar, compress it and store it; `epoch` clamps every mtime.
@@ -74,7 +76,10 @@ pub fn write_layer<'a>(
                 .compression_level(flate2::Compression::new(6))
                 .from_writer(sink);
             let diff_id = write_tar(entries, epoch, &mut z)?;
-            (z.finish().map_err(|e| TarError::Compress(e.to_string()))?, diff_id)
+            (
+                z.finish().map_err(|e| TarError::Compress(e.to_string()))?,
+                diff_id,
+            )
         }
         Compression::Zstd => {
             let mut z = zstd::Encoder::new(sink, 3)?;
@@ -85,7 +90,12 @@ pub fn write_layer<'a>(
         }
     };
     let (digest, size) = commit(blob_writer)?;
-    Ok(LayerBlob { digest, diff_id, size, media_type: media_type(compression).to_string() })
+    Ok(LayerBlob {
+        digest,
+        diff_id,
+        size,
+        media_type: media_type(compression).to_string(),
+    })
 }
 
 fn commit(w: CasWriter) -> Result<(Sha256Digest, u64), TarError> {
@@ -137,8 +147,16 @@ fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, epoch: u64) -> Result<()
     h.set_size(0);
     if h.set_path(&path).is_err() {
         pax.push(("path".into(), path.clone().into_bytes()));
-        let short: String = path.chars().rev().take(90).collect::<Vec<_>>().into_iter().rev().collect();
-        h.set_path(short.trim_start_matches('/')).map_err(TarError::Write)?;
+        let short: String = path
+            .chars()
+            .rev()
+            .take(90)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        h.set_path(short.trim_start_matches('/'))
+            .map_err(TarError::Write)?;
     }
     if let Kind::Symlink(t) | Kind::Hardlink(t) = &e.kind {
         if h.set_link_name(t).is_err() || t.len() > 100 {
@@ -165,12 +183,24 @@ fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, epoch: u64) -> Result<()
             b.append(&h, bytes.as_slice())?;
         }
         Kind::File(Content::Disk(p)) => {
-            let f = File::open(p).map_err(|source| TarError::Source { path: p.clone(), source })?;
-            let len = f.metadata().map_err(|source| TarError::Source { path: p.clone(), source })?.len();
+            let f = File::open(p).map_err(|source| TarError::Source {
+                path: p.clone(),
+                source,
+            })?;
+            let len = f
+                .metadata()
+                .map_err(|source| TarError::Source {
+                    path: p.clone(),
+                    source,
+                })?
+                .len();
             h.set_size(len);
             h.set_cksum();
             let mut r = BufReader::with_capacity(1 << 20, f).take(len);
-            let mut counted = CountingReader { inner: &mut r, n: 0 };
+            let mut counted = CountingReader {
+                inner: &mut r,
+                n: 0,
+            };
             b.append(&h, &mut counted)?;
             if counted.n != len {
                 return Err(TarError::Changed(p.clone()));
@@ -212,7 +242,15 @@ pub fn meta_index<'a>(entries: impl Iterator<Item = &'a Entry>) -> Vec<(String, 
                 Kind::Whiteout => 'w',
                 Kind::Opaque => 'o',
             };
-            (e.path.clone(), Meta { t, m: e.mode, u: e.uid, g: e.gid })
+            (
+                e.path.clone(),
+                Meta {
+                    t,
+                    m: e.mode,
+                    u: e.uid,
+                    g: e.gid,
+                },
+            )
         })
         .collect()
 }

@@ -25,7 +25,13 @@ pub fn walk(root: &Path, dest: &str, ownership: Ownership) -> io::Result<Vec<Ent
     if meta.is_dir() {
         walk_dir(root, dest, ownership, &mut inodes, &mut out)?;
     } else {
-        out.push(entry_for(root, dest.to_string(), &meta, ownership, &mut inodes)?);
+        out.push(entry_for(
+            root,
+            dest.to_string(),
+            &meta,
+            ownership,
+            &mut inodes,
+        )?);
     }
     Ok(out)
 }
@@ -44,7 +50,11 @@ fn walk_dir(
     names.sort();
     for (name, path) in names {
         let name = String::from_utf8_lossy(&name).into_owned();
-        let rel = if dest.is_empty() { name } else { format!("{dest}/{name}") };
+        let rel = if dest.is_empty() {
+            name
+        } else {
+            format!("{dest}/{name}")
+        };
         let meta = fs::symlink_metadata(&path)?;
         out.push(entry_for(&path, rel.clone(), &meta, ownership, inodes)?);
         if meta.is_dir() {
@@ -85,7 +95,10 @@ fn entry_for(
     } else if ft.is_fifo() {
         Kind::Fifo
     } else {
-        return Err(io::Error::other(format!("{}: sockets cannot be archived", path.display())));
+        return Err(io::Error::other(format!(
+            "{}: sockets cannot be archived",
+            path.display()
+        )));
     };
     let mut e = Entry::new(rel, kind, meta.mode() & 0o7777);
     match ownership {
@@ -112,7 +125,9 @@ fn entry_for(
 /// Extended attributes worth keeping (file capabilities and user attributes), sorted.
 pub fn read_xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
-    let Ok(names) = xattr::list(path) else { return out };
+    let Ok(names) = xattr::list(path) else {
+        return out;
+    };
     for name in names {
         let n = name.to_string_lossy().into_owned();
         // Overlay bookkeeping and SELinux labels belong to the build host, not the image.

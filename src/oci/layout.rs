@@ -19,7 +19,10 @@ pub enum LayoutError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LayoutError + '_ {
-    move |source| LayoutError::Io { path: path.to_path_buf(), source }
+    move |source| LayoutError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// An OCI image layout directory.
@@ -31,12 +34,17 @@ pub struct Layout {
 impl Layout {
     /// Open a layout, creating an empty one if the directory does not exist or is empty.
     pub fn open_or_create(dir: &Path) -> Result<Self, LayoutError> {
-        let layout = Self { dir: dir.to_path_buf() };
+        let layout = Self {
+            dir: dir.to_path_buf(),
+        };
         let marker = dir.join("oci-layout");
         if marker.is_file() {
             let text = fs::read_to_string(&marker).map_err(io_err(&marker))?;
             if !text.contains("\"imageLayoutVersion\"") {
-                return Err(LayoutError::Invalid { path: marker, message: "bad oci-layout file".into() });
+                return Err(LayoutError::Invalid {
+                    path: marker,
+                    message: "bad oci-layout file".into(),
+                });
             }
             layout.read_index()?;
             return Ok(layout);
@@ -50,7 +58,12 @@ impl Layout {
         let blobs = dir.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
         write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        layout.write_index(&Index { schema_version: 2, media_type: Some(MEDIA_INDEX.into()), manifests: vec![], annotations: Default::default() })?;
+        layout.write_index(&Index {
+            schema_version: 2,
+            media_type: Some(MEDIA_INDEX.into()),
+            manifests: vec![],
+            annotations: Default::default(),
+        })?;
         Ok(layout)
     }
 
@@ -75,7 +88,10 @@ impl Layout {
         if dest.is_file() {
             return Ok(());
         }
-        let tmp = self.dir.join("blobs/sha256").join(format!(".tmp-{}-{}", std::process::id(), d.hex()));
+        let tmp =
+            self.dir
+                .join("blobs/sha256")
+                .join(format!(".tmp-{}-{}", std::process::id(), d.hex()));
         let _ = fs::remove_file(&tmp);
         if fs::hard_link(src, &tmp).is_err() {
             fs::copy(src, &tmp).map_err(io_err(&tmp))?;
@@ -103,7 +119,10 @@ impl Layout {
     pub fn read_index(&self) -> Result<Index, LayoutError> {
         let p = self.dir.join("index.json");
         let bytes = fs::read(&p).map_err(io_err(&p))?;
-        serde_json::from_slice(&bytes).map_err(|e| LayoutError::Invalid { path: p, message: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|e| LayoutError::Invalid {
+            path: p,
+            message: e.to_string(),
+        })
     }
 
     /// Replace `index.json` atomically.
@@ -116,11 +135,17 @@ impl Layout {
     pub fn set_refs(&self, name: &str, entries: Vec<Descriptor>) -> Result<(), LayoutError> {
         let mut index = self.read_index()?;
         let prefix = format!("{name}:");
-        index
-            .manifests
-            .retain(|d| !d.annotations.get(REF_NAME).is_some_and(|r| r.starts_with(&prefix)));
+        index.manifests.retain(|d| {
+            !d.annotations
+                .get(REF_NAME)
+                .is_some_and(|r| r.starts_with(&prefix))
+        });
         index.manifests.extend(entries);
-        index.manifests.sort_by(|a, b| a.annotations.get(REF_NAME).cmp(&b.annotations.get(REF_NAME)));
+        index.manifests.sort_by(|a, b| {
+            a.annotations
+                .get(REF_NAME)
+                .cmp(&b.annotations.get(REF_NAME))
+        });
         self.write_index(&index)
     }
 
@@ -138,7 +163,10 @@ impl Layout {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io_err(dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
     io::Write::write_all(&mut tmp, bytes).map_err(io_err(path))?;
     tmp.as_file().sync_data().map_err(io_err(path))?;
     tmp.persist(path).map_err(|e| io_err(path)(e.error))?;

@@ -24,12 +24,20 @@ pub struct ImageLayer {
 
 /// RFC 3339 UTC time of a Unix timestamp.
 pub fn rfc3339(epoch: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(epoch as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339).expect("formats")
+    let t = time::OffsetDateTime::from_unix_timestamp(epoch as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("formats")
 }
 
 /// The image config document for one architecture.
-pub fn image_config(arch: &str, layers: &[ImageLayer], spec: &ImageConfigSpec, labels: &BTreeMap<String, String>, epoch: u64) -> ImageConfig {
+pub fn image_config(
+    arch: &str,
+    layers: &[ImageLayer],
+    spec: &ImageConfigSpec,
+    labels: &BTreeMap<String, String>,
+    epoch: u64,
+) -> ImageConfig {
     let platform = Platform::for_debian_arch(arch);
     let created = rfc3339(epoch);
     ImageConfig {
@@ -47,10 +55,17 @@ pub fn image_config(arch: &str, layers: &[ImageLayer], spec: &ImageConfigSpec, l
             labels: labels.clone(),
             stop_signal: spec.stop_signal.clone(),
         },
-        rootfs: RootFs { kind: "layers".into(), diff_ids: layers.iter().map(|l| l.blob.diff_id).collect() },
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids: layers.iter().map(|l| l.blob.diff_id).collect(),
+        },
         history: layers
             .iter()
-            .map(|l| History { created: created.clone(), created_by: format!("hakim layer {}", l.name), comment: l.comment.clone() })
+            .map(|l| History {
+                created: created.clone(),
+                created_by: format!("hakim layer {}", l.name),
+                comment: l.comment.clone(),
+            })
             .collect(),
     }
 }
@@ -114,12 +129,27 @@ pub fn write_manifest(
 }
 
 /// Write an image index over per-arch manifests.
-pub fn write_index(layout: &Layout, manifests: Vec<Descriptor>, annotations: &BTreeMap<String, String>) -> Result<Written, LayoutError> {
-    let index = Index { schema_version: 2, media_type: Some(MEDIA_INDEX.into()), manifests, annotations: annotations.clone() };
+pub fn write_index(
+    layout: &Layout,
+    manifests: Vec<Descriptor>,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Written, LayoutError> {
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(MEDIA_INDEX.into()),
+        manifests,
+        annotations: annotations.clone(),
+    };
     let bytes = serde_json::to_vec(&index).expect("index serializes");
     let digest = layout.put_blob_bytes(&bytes)?;
     Ok(Written {
-        descriptor: Descriptor { media_type: MEDIA_INDEX.into(), digest, size: bytes.len() as u64, platform: None, annotations: BTreeMap::new() },
+        descriptor: Descriptor {
+            media_type: MEDIA_INDEX.into(),
+            digest,
+            size: bytes.len() as u64,
+            platform: None,
+            annotations: BTreeMap::new(),
+        },
         config: None,
     })
 }

@@ -56,7 +56,11 @@ impl Platform {
             "ppc64el" => ("ppc64le", None),
             other => (other, None),
         };
-        Self { architecture: architecture.into(), os: "linux".into(), variant: variant.map(Into::into) }
+        Self {
+            architecture: architecture.into(),
+            os: "linux".into(),
+            variant: variant.map(Into::into),
+        }
     }
 }
 

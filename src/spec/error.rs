@@ -17,12 +17,20 @@ pub struct SourcePos {
 impl SourcePos {
     /// A position from a saphyr location.
     pub fn at(file: &Path, loc: serde_saphyr::Location) -> Self {
-        Self { file: file.to_path_buf(), line: loc.line(), col: loc.column() }
+        Self {
+            file: file.to_path_buf(),
+            line: loc.line(),
+            col: loc.column(),
+        }
     }
 
     /// A whole-file position.
     pub fn file(file: &Path) -> Self {
-        Self { file: file.to_path_buf(), line: 0, col: 0 }
+        Self {
+            file: file.to_path_buf(),
+            line: 0,
+            col: 0,
+        }
     }
 }
 
@@ -41,15 +49,24 @@ impl fmt::Display for SourcePos {
 pub enum SpecError {
     /// The file could not be read.
     #[error("{path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// YAML syntax, unknown key or wrong type, as reported by the parser.
     #[error("{pos}: {message}")]
     Parse { pos: SourcePos, message: String },
     /// A value that parsed but is not acceptable.
     #[error("{pos}: field `{field}`: {message}")]
-    Invalid { pos: SourcePos, field: String, message: String },
+    Invalid {
+        pos: SourcePos,
+        field: String,
+        message: String,
+    },
     /// No project directory (holding `variants/`) was found.
-    #[error("no hakim project found: no `variants/` directory in {0} or any parent (use --project DIR)")]
+    #[error(
+        "no hakim project found: no `variants/` directory in {0} or any parent (use --project DIR)"
+    )]
     NoProject(PathBuf),
     /// A variant named on the command line does not exist.
     #[error("unknown variant `{name}` (known: {known})")]
@@ -59,6 +76,10 @@ pub enum SpecError {
 impl SpecError {
     /// A validation error at a position.
     pub fn invalid(pos: SourcePos, field: &str, message: impl Into<String>) -> Self {
-        Self::Invalid { pos, field: field.to_string(), message: message.into() }
+        Self::Invalid {
+            pos,
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 }

@@ -13,9 +13,12 @@ pub use error::{SourcePos, SpecError};
 pub use types::*;
 
 use crate::digest::Sha256Digest;
+use serde_saphyr::Spanned;
 
 /// Architectures hakim knows, by Debian name.
-pub const KNOWN_ARCHS: &[&str] = &["amd64", "arm64", "armhf", "i386", "ppc64el", "riscv64", "s390x"];
+pub const KNOWN_ARCHS: &[&str] = &[
+    "amd64", "arm64", "armhf", "i386", "ppc64el", "riscv64", "s390x",
+];
 
 /// A loaded project: every variant resolved through `from:`, every layer parsed.
 #[derive(Debug)]
@@ -103,7 +106,11 @@ impl Project {
                 ));
             }
         }
-        Ok(Self { root: root.to_path_buf(), variants, layers })
+        Ok(Self {
+            root: root.to_path_buf(),
+            variants,
+            layers,
+        })
     }
 
     /// All variants by key.
@@ -142,7 +149,10 @@ impl Project {
 }
 
 fn read(path: &Path) -> Result<String, SpecError> {
-    fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })
+    fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, SpecError> {
@@ -164,7 +174,10 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, SpecErro
 }
 
 fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, SpecError> {
-    let rd = fs::read_dir(dir).map_err(|source| SpecError::Read { path: dir.to_path_buf(), source })?;
+    let rd = fs::read_dir(dir).map_err(|source| SpecError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut out: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
@@ -176,7 +189,11 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, SpecError> {
 fn load_variant_files(dir: &Path) -> Result<BTreeMap<String, (PathBuf, VariantFile)>, SpecError> {
     let mut out = BTreeMap::new();
     for path in yaml_files(dir)? {
-        let key = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let key = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let vf: VariantFile = parse_yaml(&path)?;
         out.insert(key, (path, vf));
     }
@@ -185,18 +202,35 @@ fn load_variant_files(dir: &Path) -> Result<BTreeMap<String, (PathBuf, VariantFi
 
 fn load_layers(dir: &Path) -> Result<BTreeMap<String, Layer>, SpecError> {
     let mut out = BTreeMap::new();
-    let Ok(rd) = fs::read_dir(dir) else { return Ok(out) };
-    let mut dirs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    let mut dirs: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
     for d in dirs {
         let file = d.join("layer.yaml");
         if !file.is_file() {
             continue;
         }
-        let name = d.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = d
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let spec: LayerFile = parse_yaml(&file)?;
         validate_layer(&d, &file, &spec)?;
-        out.insert(name.clone(), Layer { name, dir: d, file, spec });
+        out.insert(
+            name.clone(),
+            Layer {
+                name,
+                dir: d,
+                file,
+                spec,
+            },
+        );
     }
     Ok(out)
 }
@@ -212,11 +246,19 @@ fn resolve_variant(
     while let Some(from) = &files[cur].1.from {
         let pos = SourcePos::at(&files[cur].0, from.referenced);
         if !files.contains_key(from.value.as_str()) {
-            return Err(SpecError::invalid(pos, "from", format!("no variant `{}` in variants/", from.value)));
+            return Err(SpecError::invalid(
+                pos,
+                "from",
+                format!("no variant `{}` in variants/", from.value),
+            ));
         }
         if chain.contains(&from.value.as_str()) {
             chain.push(&from.value);
-            return Err(SpecError::invalid(pos, "from", format!("inheritance cycle: {}", chain.join(" -> "))));
+            return Err(SpecError::invalid(
+                pos,
+                "from",
+                format!("inheritance cycle: {}", chain.join(" -> ")),
+            ));
         }
         chain.push(&from.value);
         cur = &from.value;
@@ -236,13 +278,25 @@ fn resolve_variant(
         tags: vec!["latest".to_string()],
         tests: Vec::new(),
     };
+    let mut top: Vec<(PathBuf, Spanned<String>)> = Vec::new();
     for k in chain.iter().rev() {
         let (path, f) = &files[*k];
         apply(&mut v, path, f, layers)?;
+        if let Some(t) = &f.top_layers {
+            top = t.iter().map(|l| (path.clone(), l.clone())).collect();
+        }
+    }
+    for (path, l) in top {
+        let f = VariantFile {
+            layers: vec![l],
+            ..empty_variant_file()
+        };
+        apply(&mut v, &path, &f, layers)?;
     }
     v.name = match &own.name {
         Some(n) => {
-            check_image_name(&n.value).map_err(|m| SpecError::invalid(SourcePos::at(file, n.referenced), "name", m))?;
+            check_image_name(&n.value)
+                .map_err(|m| SpecError::invalid(SourcePos::at(file, n.referenced), "name", m))?;
             n.value.clone()
         }
         None => key.to_string(),
@@ -250,7 +304,28 @@ fn resolve_variant(
     Ok(v)
 }
 
-fn apply(v: &mut Variant, path: &Path, f: &VariantFile, layers: &BTreeMap<String, Layer>) -> Result<(), SpecError> {
+fn empty_variant_file() -> VariantFile {
+    VariantFile {
+        name: None,
+        description: None,
+        from: None,
+        layers: Vec::new(),
+        top_layers: None,
+        archs: None,
+        compression: None,
+        debian: None,
+        config: ImageConfigSpec::default(),
+        tags: None,
+        tests: Vec::new(),
+    }
+}
+
+fn apply(
+    v: &mut Variant,
+    path: &Path,
+    f: &VariantFile,
+    layers: &BTreeMap<String, Layer>,
+) -> Result<(), SpecError> {
     for l in &f.layers {
         let pos = SourcePos::at(path, l.referenced);
         if !layers.contains_key(&l.value) {
@@ -258,18 +333,29 @@ fn apply(v: &mut Variant, path: &Path, f: &VariantFile, layers: &BTreeMap<String
             return Err(SpecError::invalid(
                 pos,
                 "layers",
-                format!("no layer `{}` (no layers/{}/layer.yaml); known layers: {known}", l.value, l.value),
+                format!(
+                    "no layer `{}` (no layers/{}/layer.yaml); known layers: {known}",
+                    l.value, l.value
+                ),
             ));
         }
         if v.layers.contains(&l.value) {
-            return Err(SpecError::invalid(pos, "layers", format!("layer `{}` is listed twice", l.value)));
+            return Err(SpecError::invalid(
+                pos,
+                "layers",
+                format!("layer `{}` is listed twice", l.value),
+            ));
         }
         v.layers.push(l.value.clone());
     }
     if let Some(archs) = &f.archs {
         let pos = SourcePos::at(path, archs.referenced);
         if archs.value.is_empty() {
-            return Err(SpecError::invalid(pos, "archs", "must name at least one architecture"));
+            return Err(SpecError::invalid(
+                pos,
+                "archs",
+                "must name at least one architecture",
+            ));
         }
         let mut seen = BTreeSet::new();
         for a in &archs.value {
@@ -277,11 +363,18 @@ fn apply(v: &mut Variant, path: &Path, f: &VariantFile, layers: &BTreeMap<String
                 return Err(SpecError::invalid(
                     pos,
                     "archs",
-                    format!("unknown architecture `{a}` (known: {})", KNOWN_ARCHS.join(", ")),
+                    format!(
+                        "unknown architecture `{a}` (known: {})",
+                        KNOWN_ARCHS.join(", ")
+                    ),
                 ));
             }
             if !seen.insert(a) {
-                return Err(SpecError::invalid(pos, "archs", format!("architecture `{a}` is listed twice")));
+                return Err(SpecError::invalid(
+                    pos,
+                    "archs",
+                    format!("architecture `{a}` is listed twice"),
+                ));
             }
         }
         v.archs = archs.value.clone();
@@ -300,7 +393,11 @@ fn apply(v: &mut Variant, path: &Path, f: &VariantFile, layers: &BTreeMap<String
             let pos = SourcePos::at(path, t.referenced);
             check_tag_template(&t.value).map_err(|m| SpecError::invalid(pos.clone(), "tags", m))?;
             if !seen.insert(&t.value) {
-                return Err(SpecError::invalid(pos, "tags", format!("duplicate tag `{}`", t.value)));
+                return Err(SpecError::invalid(
+                    pos,
+                    "tags",
+                    format!("duplicate tag `{}`", t.value),
+                ));
             }
             v.tags.push(t.value.clone());
         }
@@ -309,7 +406,11 @@ fn apply(v: &mut Variant, path: &Path, f: &VariantFile, layers: &BTreeMap<String
         if let Some(re) = &t.stdout
             && let Err(e) = regex::Regex::new(re)
         {
-            return Err(SpecError::invalid(SourcePos::file(path), &format!("tests[{}].stdout", t.name), e.to_string()));
+            return Err(SpecError::invalid(
+                SourcePos::file(path),
+                &format!("tests[{}].stdout", t.name),
+                e.to_string(),
+            ));
         }
         v.tests.push(t.clone());
     }
@@ -320,7 +421,19 @@ fn merge_debian(into: &mut DebianSettings, d: &DebianSettings) {
     macro_rules! take {
         ($($f:ident),*) => { $( if d.$f.is_some() { into.$f = d.$f.clone(); } )* };
     }
-    take!(suite, components, updates, security, mirror, security_mirror, snapshot, snapshot_mirror, keyring);
+    take!(
+        suite,
+        components,
+        updates,
+        security,
+        mirror,
+        security_mirror,
+        snapshot,
+        snapshot_mirror,
+        keyring,
+        image_mirror,
+        image_security_mirror
+    );
 }
 
 fn merge_config(into: &mut ImageConfigSpec, c: &ImageConfigSpec) {
@@ -343,13 +456,17 @@ pub fn check_image_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.split('/').all(|part| {
             !part.is_empty()
-                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
                 && part.as_bytes()[0].is_ascii_alphanumeric()
         });
     if ok {
         Ok(())
     } else {
-        Err(format!("`{name}` is not a valid image name (lowercase letters, digits, `.`, `_`, `-`)"))
+        Err(format!(
+            "`{name}` is not a valid image name (lowercase letters, digits, `.`, `_`, `-`)"
+        ))
     }
 }
 
@@ -362,10 +479,16 @@ pub fn check_tag_template(tag: &str) -> Result<(), String> {
     let mut literal = String::new();
     while let Some(start) = rest.find('{') {
         literal.push_str(&rest[..start]);
-        let end = rest[start..].find('}').ok_or(format!("unclosed `{{` in tag `{tag}`"))? + start;
+        let end = rest[start..]
+            .find('}')
+            .ok_or(format!("unclosed `{{` in tag `{tag}`"))?
+            + start;
         let ph = &rest[start + 1..end];
         if !TAG_PLACEHOLDERS.contains(&ph) {
-            return Err(format!("unknown placeholder `{{{ph}}}` in tag `{tag}` (known: {})", TAG_PLACEHOLDERS.join(", ")));
+            return Err(format!(
+                "unknown placeholder `{{{ph}}}` in tag `{tag}` (known: {})",
+                TAG_PLACEHOLDERS.join(", ")
+            ));
         }
         literal.push('x');
         rest = &rest[end + 1..];
@@ -375,8 +498,16 @@ pub fn check_tag_template(tag: &str) -> Result<(), String> {
         && literal.len() <= 128
         && literal.as_bytes()[0] != b'.'
         && literal.as_bytes()[0] != b'-'
-        && literal.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if valid { Ok(()) } else { Err(format!("`{tag}` is not a valid tag ([A-Za-z0-9_.-], at most 128)")) }
+        && literal
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{tag}` is not a valid tag ([A-Za-z0-9_.-], at most 128)"
+        ))
+    }
 }
 
 /// Check an absolute in-image path without `..`.
@@ -396,7 +527,9 @@ pub fn check_owner(o: &str) -> Result<(), String> {
     match o.split_once(':') {
         Some((u, g)) if !u.is_empty() && !g.is_empty() => Ok(()),
         _ if !o.is_empty() && !o.contains(':') => Ok(()),
-        _ => Err(format!("owner `{o}` must be `user:group` (names or numbers)")),
+        _ => Err(format!(
+            "owner `{o}` must be `user:group` (names or numbers)"
+        )),
     }
 }
 
@@ -405,10 +538,15 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
     for (i, f) in spec.files.iter().enumerate() {
         let field = format!("files[{i}]");
         let pos = at(f.referenced);
-        check_image_path(&f.value.dest).map_err(|m| SpecError::invalid(pos.clone(), &format!("{field}.dest"), m))?;
+        check_image_path(&f.value.dest)
+            .map_err(|m| SpecError::invalid(pos.clone(), &format!("{field}.dest"), m))?;
         let src = Path::new(&f.value.src);
         if src.is_absolute() || src.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(SpecError::invalid(pos, &format!("{field}.src"), "must be a relative path inside the layer directory"));
+            return Err(SpecError::invalid(
+                pos,
+                &format!("{field}.src"),
+                "must be a relative path inside the layer directory",
+            ));
         }
         if fs::symlink_metadata(dir.join(src)).is_err() {
             return Err(SpecError::invalid(
@@ -418,78 +556,118 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
             ));
         }
         if let Some(o) = &f.value.owner {
-            check_owner(o).map_err(|m| SpecError::invalid(at(f.referenced), &format!("{field}.owner"), m))?;
+            check_owner(o)
+                .map_err(|m| SpecError::invalid(at(f.referenced), &format!("{field}.owner"), m))?;
         }
     }
     for (i, d) in spec.directories.iter().enumerate() {
         let pos = at(d.referenced);
-        check_image_path(&d.value.path).map_err(|m| SpecError::invalid(pos.clone(), &format!("directories[{i}].path"), m))?;
+        check_image_path(&d.value.path)
+            .map_err(|m| SpecError::invalid(pos.clone(), &format!("directories[{i}].path"), m))?;
         if let Some(o) = &d.value.owner {
-            check_owner(o).map_err(|m| SpecError::invalid(pos, &format!("directories[{i}].owner"), m))?;
+            check_owner(o)
+                .map_err(|m| SpecError::invalid(pos, &format!("directories[{i}].owner"), m))?;
         }
     }
     for (i, s) in spec.symlinks.iter().enumerate() {
         check_image_path(&s.value.path)
             .map_err(|m| SpecError::invalid(at(s.referenced), &format!("symlinks[{i}].path"), m))?;
         if s.value.target.is_empty() {
-            return Err(SpecError::invalid(at(s.referenced), &format!("symlinks[{i}].target"), "must not be empty"));
+            return Err(SpecError::invalid(
+                at(s.referenced),
+                &format!("symlinks[{i}].target"),
+                "must not be empty",
+            ));
         }
     }
     for (i, a) in spec.archives.iter().enumerate() {
         let field = format!("archives[{i}]");
         let pos = at(a.referenced);
-        check_image_path(&a.value.dest).map_err(|m| SpecError::invalid(pos.clone(), &format!("{field}.dest"), m))?;
+        check_image_path(&a.value.dest)
+            .map_err(|m| SpecError::invalid(pos.clone(), &format!("{field}.dest"), m))?;
         let digests: Vec<(&str, &String)> = match &a.value.sha256 {
             Sha256Spec::All(d) => vec![("*", d)],
             Sha256Spec::PerArch(m) => m.iter().map(|(k, v)| (k.as_str(), v)).collect(),
         };
         for (arch, d) in digests {
             if arch != "*" && !KNOWN_ARCHS.contains(&arch) {
-                return Err(SpecError::invalid(pos, &format!("{field}.sha256"), format!("unknown architecture `{arch}`")));
+                return Err(SpecError::invalid(
+                    pos,
+                    &format!("{field}.sha256"),
+                    format!("unknown architecture `{arch}`"),
+                ));
             }
-            d.parse::<Sha256Digest>()
-                .map_err(|e| SpecError::invalid(pos.clone(), &format!("{field}.sha256"), e.to_string()))?;
+            d.parse::<Sha256Digest>().map_err(|e| {
+                SpecError::invalid(pos.clone(), &format!("{field}.sha256"), e.to_string())
+            })?;
         }
         if a.value.format.is_none() && crate::layer::archive::guess_format(&a.value.url).is_none() {
             return Err(SpecError::invalid(
                 pos,
                 &format!("{field}.format"),
-                format!("cannot guess the format of `{}`; set format: tar|tar.gz|tar.xz|tar.zst|zip|binary", a.value.url),
+                format!(
+                    "cannot guess the format of `{}`; set format: tar|tar.gz|tar.xz|tar.zst|zip|binary",
+                    a.value.url
+                ),
             ));
         }
         let url = &a.value.url;
         let remote = url.starts_with("http://") || url.starts_with("https://");
         if !remote {
             let local = Path::new(url.strip_prefix("file://").unwrap_or(url));
-            if local.components().any(|c| matches!(c, Component::ParentDir)) {
-                return Err(SpecError::invalid(pos, &format!("{field}.url"), "a local archive must be inside the layer directory"));
+            if local
+                .components()
+                .any(|c| matches!(c, Component::ParentDir))
+            {
+                return Err(SpecError::invalid(
+                    pos,
+                    &format!("{field}.url"),
+                    "a local archive must be inside the layer directory",
+                ));
             }
         }
         if let Some(o) = &a.value.owner {
-            check_owner(o).map_err(|m| SpecError::invalid(at(a.referenced), &format!("{field}.owner"), m))?;
+            check_owner(o)
+                .map_err(|m| SpecError::invalid(at(a.referenced), &format!("{field}.owner"), m))?;
         }
     }
     if let Some(acc) = &spec.accounts {
         let mut names = BTreeSet::new();
         for g in &acc.groups {
             if !valid_account_name(&g.name) || !names.insert(("g", g.name.clone())) {
-                return Err(SpecError::invalid(SourcePos::file(file), "accounts.groups", format!("invalid or duplicate group `{}`", g.name)));
+                return Err(SpecError::invalid(
+                    SourcePos::file(file),
+                    "accounts.groups",
+                    format!("invalid or duplicate group `{}`", g.name),
+                ));
             }
         }
         for u in &acc.users {
             if !valid_account_name(&u.name) || !names.insert(("u", u.name.clone())) {
-                return Err(SpecError::invalid(SourcePos::file(file), "accounts.users", format!("invalid or duplicate user `{}`", u.name)));
+                return Err(SpecError::invalid(
+                    SourcePos::file(file),
+                    "accounts.users",
+                    format!("invalid or duplicate user `{}`", u.name),
+                ));
             }
             if let Some(h) = &u.home {
-                check_image_path(h).map_err(|m| SpecError::invalid(SourcePos::file(file), "accounts.users.home", m))?;
+                check_image_path(h).map_err(|m| {
+                    SpecError::invalid(SourcePos::file(file), "accounts.users.home", m)
+                })?;
             }
         }
     }
     for p in &spec.packages {
         let ok = !p.value.is_empty()
-            && p.value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.:=~".contains(&b));
+            && p.value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.:=~".contains(&b));
         if !ok {
-            return Err(SpecError::invalid(at(p.referenced), "packages", format!("`{}` is not a Debian package name", p.value)));
+            return Err(SpecError::invalid(
+                at(p.referenced),
+                "packages",
+                format!("`{}` is not a Debian package name", p.value),
+            ));
         }
     }
     Ok(())
@@ -498,6 +676,7 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
 fn valid_account_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 32
-        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b))
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b))
         && !n.as_bytes()[0].is_ascii_digit()
 }

@@ -20,6 +20,9 @@ pub struct VariantFile {
     /// Layers on top of the inherited ones, bottom first.
     #[serde(default)]
     pub layers: Vec<Spanned<String>>,
+    /// Layers kept above every other layer, even those of variants built `from:` this one
+    /// (e.g. a small, often-changed entrypoint); replaces the inherited list when given.
+    pub top_layers: Option<Vec<Spanned<String>>>,
     /// Architectures (Debian names: amd64, arm64).
     pub archs: Option<Spanned<Vec<String>>>,
     /// Layer compression.
@@ -97,6 +100,10 @@ pub struct DebianSettings {
     pub snapshot_mirror: Option<String>,
     /// OpenPGP keyring that signs the archive.
     pub keyring: Option<String>,
+    /// Archive URL written into the image's apt sources (default: the mirror the build used).
+    pub image_mirror: Option<String>,
+    /// Security archive URL for the image's apt sources (default: the build's security mirror).
+    pub image_security_mirror: Option<String>,
 }
 
 /// One smoke test.

@@ -16,12 +16,18 @@ pub fn require_bin(bin: &str, apt_package: &str) {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
         .unwrap_or(false);
-    assert!(found, "missing test prerequisite `{bin}`: install it with `apt-get install {apt_package}` (scripts/test does this)");
+    assert!(
+        found,
+        "missing test prerequisite `{bin}`: install it with `apt-get install {apt_package}` (scripts/test does this)"
+    );
 }
 
 /// Fail loudly unless running as root.
 pub fn require_root() {
-    assert!(unsafe { libc::geteuid() } == 0, "this test needs root (CI runs as root)");
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "this test needs root (CI runs as root)"
+    );
 }
 
 /// The repository root.
@@ -55,7 +61,10 @@ impl Scratch {
     /// Copy a fixture project.
     pub fn fixture(name: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        copy_dir(&repo_root().join("tests/fixtures").join(name), &dir.path().join("project"));
+        copy_dir(
+            &repo_root().join("tests/fixtures").join(name),
+            &dir.path().join("project"),
+        );
         Self { dir }
     }
 
@@ -82,7 +91,12 @@ impl Scratch {
     /// `hakim` with this scratch's project, cache and output.
     pub fn hakim(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_hakim"));
-        c.arg("--project").arg(self.project()).arg("--cache-dir").arg(self.cache()).arg("--out").arg(self.out());
+        c.arg("--project")
+            .arg(self.project())
+            .arg("--cache-dir")
+            .arg(self.cache())
+            .arg("--out")
+            .arg(self.out());
         c.env_remove("SOURCE_DATE_EPOCH");
         c
     }
@@ -102,7 +116,9 @@ impl Scratch {
 
 /// Run a command and return its output, panicking with stderr if it failed.
 pub fn run_ok(c: &mut Command) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
     assert!(
         out.status.success(),
         "{c:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -115,14 +131,21 @@ pub fn run_ok(c: &mut Command) -> Output {
 
 /// Run a command that must fail; return its stderr.
 pub fn run_err(c: &mut Command) -> String {
-    let out = c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
-    assert!(!out.status.success(), "{c:?} should have failed; stdout:\n{}", String::from_utf8_lossy(&out.stdout));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    assert!(
+        !out.status.success(),
+        "{c:?} should have failed; stdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// stdout as JSON.
 pub fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// A tiny HTTP file server on 127.0.0.1 that records request paths.
@@ -145,12 +168,18 @@ impl FileServer {
                 r.lock().unwrap().push(path.clone());
                 let resp = match files.iter().find(|(p, _)| *p == path) {
                     Some((_, body)) => tiny_http::Response::from_data(body.clone()),
-                    None => tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404),
+                    None => {
+                        tiny_http::Response::from_data(b"not found".to_vec()).with_status_code(404)
+                    }
                 };
                 let _ = req.respond(resp);
             }
         });
-        Self { port, requests, server }
+        Self {
+            port,
+            requests,
+            server,
+        }
     }
 
     /// Base URL.
@@ -181,13 +210,24 @@ pub fn validate_layout(layout: &Path) {
 pub fn umoci_unpack(layout: &Path, reference: &str, dest: &Path) -> PathBuf {
     require_bin("umoci", "umoci");
     let _ = fs::remove_dir_all(dest);
-    run_ok(Command::new("umoci").arg("unpack").arg("--image").arg(format!("{}:{reference}", layout.display())).arg(dest));
+    run_ok(
+        Command::new("umoci")
+            .arg("unpack")
+            .arg("--image")
+            .arg(format!("{}:{reference}", layout.display()))
+            .arg(dest),
+    );
     dest.join("rootfs")
 }
 
 /// `skopeo inspect` (or `--raw`) of an OCI layout ref, as JSON.
 pub fn skopeo_inspect(layout: &Path, reference: &str, extra: &[&str]) -> serde_json::Value {
     require_bin("skopeo", "skopeo");
-    let out = run_ok(Command::new("skopeo").arg("inspect").args(extra).arg(format!("oci:{}:{reference}", layout.display())));
+    let out = run_ok(
+        Command::new("skopeo")
+            .arg("inspect")
+            .args(extra)
+            .arg(format!("oci:{}:{reference}", layout.display())),
+    );
     json(&out)
 }
