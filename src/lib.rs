@@ -12,4 +12,5 @@ pub mod fetch;
 pub mod layer;
 pub mod oci;
 pub mod publish;
+pub mod rootfs;
 pub mod spec;
