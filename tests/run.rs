@@ -7,7 +7,9 @@ use std::path::Path;
 
 use support::{Scratch, json, require_bin, require_root, run_err, run_ok};
 
-const APPLETS: &[&str] = &["sh", "id", "pwd", "echo", "cat", "ls", "touch", "stat"];
+const APPLETS: &[&str] = &[
+    "sh", "id", "pwd", "echo", "cat", "ls", "touch", "stat", "sleep",
+];
 
 /// The basic fixture plus a busybox layer and variants that run it.
 fn project() -> Scratch {
@@ -56,10 +58,14 @@ fn project() -> Scratch {
         &format!("name: test-good\nlayers: [busybox, users]\ntags: [latest]\n{config}tests:\n  - name: env\n    run: echo $FOO\n    stdout: '^hello from config'\n"),
     );
     s.write(
+        "variants/slow.yaml",
+        &format!("name: test-slow\nlayers: [busybox, users]\ntags: [latest]\n{config}tests:\n  - name: hangs\n    run: sleep 60\n"),
+    );
+    s.write(
         "variants/unbuilt.yaml",
         &format!("name: test-unbuilt\nlayers: [busybox]\ntags: [v1]\n{config}"),
     );
-    run_ok(s.hakim().args(["build", "runner", "good"]));
+    run_ok(s.hakim().args(["build", "runner", "good", "slow"]));
     s
 }
 
@@ -239,5 +245,27 @@ fn test_reports_each_test_and_fails_on_any_failure() {
         stdout(&out).contains("ok   env") && stdout(&out).contains("1 passed, 0 failed"),
         "{}",
         stdout(&out)
+    );
+}
+
+#[test]
+fn a_hanging_test_is_killed_at_the_timeout() {
+    let s = project();
+    let started = std::time::Instant::now();
+    let out = s
+        .hakim()
+        .args(["test", "slow", "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("FAIL hangs") && stdout(&out).contains("timed out after 1s"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
     );
 }

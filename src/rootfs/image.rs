@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::overlay::Overlay;
+use super::overlay::{self, Overlay};
 use super::sandbox::Sandbox;
 use super::unpack::RootfsCache;
 use super::{RootfsError, io_err};
@@ -223,17 +223,7 @@ impl MountedImage {
         for d in [&upper, &work, &root] {
             fs::create_dir(d).map_err(io_err(d))?;
         }
-        // The merged root takes the upper dir's owner and mode; give it the image's.
-        if let Some(top) = lowers.last() {
-            let m = fs::metadata(top).map_err(io_err(top))?;
-            std::os::unix::fs::chown(&upper, Some(m.uid()), Some(m.gid()))
-                .map_err(io_err(&upper))?;
-            fs::set_permissions(&upper, fs::Permissions::from_mode(m.mode() & 0o7777))
-                .map_err(io_err(&upper))?;
-        } else {
-            fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
-                .map_err(io_err(&upper))?;
-        }
+        overlay::match_root(&upper, &lowers)?;
         let overlay = Overlay::mount(&lowers, &upper, &work, &root)?;
         // bwrap creates missing mount points as the sandbox user, which fails for non-root
         // users; make them now (in the throwaway upper) as container runtimes do.
