@@ -81,6 +81,9 @@ fn run_uses_the_image_user_workdir_and_env_and_changes_nothing() {
             .args(["run", "runner", "--", "sh", "-c", "id -u; pwd; echo $FOO"]),
     );
     assert_eq!(stdout(&out), "1000\n/home/coder/work\nhello from config\n");
+    // Supplementary groups come from the image's /etc/group (coder is in docker, 999).
+    let out = run_ok(s.hakim().args(["run", "runner", "--", "id", "-G"]));
+    assert_eq!(stdout(&out), "1000 999\n");
     let out = run_ok(
         s.hakim()
             .args(["run", "runner", "--user", "root", "--", "id", "-u"]),

@@ -108,7 +108,8 @@ impl Sandbox {
     /// The `bwrap` command that runs `argv` in the sandbox. Its own environment is cleared
     /// too, so no host variable (tokens included) can reach the sandbox.
     pub fn command(&self, argv: &[String]) -> Command {
-        let mut c = Command::new("bwrap");
+        // Resolved with hakim's PATH: the cleared environment has none.
+        let mut c = Command::new(bwrap_path().unwrap_or_else(|| PathBuf::from("bwrap")));
         c.env_clear();
         c.args(self.args()).arg("--").args(argv);
         if let Some((uid, gid)) = self.user
@@ -188,12 +189,15 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
+fn bwrap_path() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("bwrap"))
+        .find(|p| p.is_file())
+}
+
 /// Fail with an install hint unless `bwrap` is on PATH.
 pub fn require_bwrap() -> Result<(), RootfsError> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("bwrap").is_file()))
-        .unwrap_or(false);
-    if found {
+    if bwrap_path().is_some() {
         Ok(())
     } else {
         Err(RootfsError::MissingTool {
