@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use hakim::build::{self, BuildOptions};
 use std::collections::BTreeMap;
+use hakim::rootfs::{self, MountedImage, RootfsCache, check, image};
 
 use hakim::debian::lock::{LOCK_FILE, LockFile};
 use hakim::fetch::{FetchOptions, Fetcher};
@@ -118,6 +119,43 @@ enum Command {
         /// Print pushed references and digests as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Run a command in a built variant's image (bubblewrap sandbox; needs root).
+    Run {
+        /// The variant.
+        variant: String,
+        /// Architecture (default: this machine's, when the variant has it).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Tag to run (default: the variant's first tag found in the layout).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Share the host network.
+        #[arg(long)]
+        network: bool,
+        /// User to run as (default: the image's).
+        #[arg(long)]
+        user: Option<String>,
+        /// Command (default: the image's entrypoint and cmd).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Run variants' `tests:` in their built images (all variants when none is named).
+    Test {
+        /// Variants to test.
+        variants: Vec<String>,
+        /// Test every variant (the same as naming none).
+        #[arg(long, conflicts_with = "variants")]
+        all: bool,
+        /// Architecture (default: this machine's, when the variant has it).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Print the results as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Seconds before a test is killed.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
     },
 }
 
@@ -386,6 +424,75 @@ async fn run() -> Result<()> {
                 }
             }
         }
+        Command::Run {
+            variant,
+            arch,
+            tag,
+            network,
+            user,
+            command,
+        } => {
+            let project = paths.load()?;
+            let v = project.variant(&variant)?;
+            let arch = pick_arch(v, arch);
+            let refs =
+                image::variant_refs(&project.root, v, cli::source_date_epoch()?, tag.as_deref());
+            let img = rootfs::resolve_image(&paths.out.join("oci"), &v.key, &refs, &arch)?;
+            rootfs::require_bwrap()?;
+            let code = {
+                let mounted = MountedImage::mount(&img, &RootfsCache::new(&paths.cache))?;
+                let mut sb = mounted.sandbox(user.as_deref())?;
+                sb.network = network;
+                let argv = if command.is_empty() {
+                    image::default_command(mounted.config())
+                } else {
+                    command
+                };
+                anyhow::ensure!(
+                    !argv.is_empty(),
+                    "`{}` has no entrypoint or cmd: give a command after `--`",
+                    img.reference
+                );
+                rootfs::sandbox::run_foreground(sb.command(&argv))?
+            };
+            std::process::exit(code);
+        }
+        Command::Test {
+            variants,
+            all: _,
+            arch,
+            json,
+            timeout,
+        } => {
+            let project = paths.load()?;
+            let cache = RootfsCache::new(&paths.cache);
+            let epoch = cli::source_date_epoch()?;
+            let mut results = Vec::new();
+            for v in project.select(&variants)? {
+                let arch = pick_arch(v, arch.clone());
+                let refs = image::variant_refs(&project.root, v, epoch, None);
+                let img = rootfs::resolve_image(&paths.out.join("oci"), &v.key, &refs, &arch)?;
+                let r = check::test_variant(
+                    &v.key,
+                    &arch,
+                    &img,
+                    &v.tests,
+                    &cache,
+                    std::time::Duration::from_secs(timeout),
+                )?;
+                if !json {
+                    render_tests(&r);
+                }
+                results.push(r);
+            }
+            let passed = results.iter().all(|r| r.passed);
+            if json {
+                print_json(&serde_json::json!({ "passed": passed, "variants": results }))?;
+            }
+            if !passed {
+                std::process::exit(1);
+            }
+        }
     }
     Ok(())
 }
@@ -410,4 +517,45 @@ async fn run_build(
     let report = build::build(&project, &selected, &opts, &reporter).await;
     reporter.finish();
     Ok(report?)
+}
+
+/// The requested arch, else this machine's when the variant has it, else its first.
+fn pick_arch(v: &hakim::spec::Variant, arch: Option<String>) -> String {
+    arch.unwrap_or_else(|| {
+        let host = image::host_arch();
+        if v.archs.iter().any(|a| a == host) {
+            host.to_string()
+        } else {
+            v.archs[0].clone()
+        }
+    })
+}
+
+/// Plain per-test lines; a failing test's reasons and output tail go to stderr.
+fn render_tests(r: &check::VariantTests) {
+    println!("{} ({}, {})", r.variant, r.reference, r.arch);
+    for t in &r.tests {
+        println!(
+            "  {} {} ({:.2}s)",
+            if t.passed { "ok  " } else { "FAIL" },
+            t.name,
+            t.seconds
+        );
+        if !t.passed {
+            for f in &t.failures {
+                println!("       {f}");
+            }
+            for (label, text) in [("stdout", &t.stdout), ("stderr", &t.stderr)] {
+                let lines: Vec<&str> = text.lines().collect();
+                if !lines.is_empty() {
+                    eprintln!("       --- {label} (last lines) ---");
+                    for l in &lines[lines.len().saturating_sub(20)..] {
+                        eprintln!("       {l}");
+                    }
+                }
+            }
+        }
+    }
+    let failed = r.tests.iter().filter(|t| !t.passed).count();
+    println!("  {} passed, {failed} failed", r.tests.len() - failed);
 }

@@ -178,6 +178,7 @@ pub fn build(inp: &RootfsLayer<'_>) -> Result<BuiltRootfs, InstallError> {
             source,
         })?;
     }
+    crate::rootfs::overlay::match_root(&upper, &inp.lowers).map_err(rootfs_err)?;
     let overlay = Overlay::mount(&inp.lowers, &upper, &work, &merged).map_err(rootfs_err)?;
     let ctx = Ctx {
         name,

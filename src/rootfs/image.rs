@@ -3,19 +3,19 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::overlay::Overlay;
+use super::overlay::{self, Overlay};
 use super::sandbox::Sandbox;
 use super::unpack::RootfsCache;
 use super::{RootfsError, io_err};
 use crate::build::{GitInfo, tag_vars};
+use crate::publish::expand_tag;
 use crate::digest::Sha256Digest;
 use crate::oci::model::{
     Descriptor, ImageConfig, Index, MEDIA_INDEX, Manifest, Platform, REF_NAME,
 };
-use crate::publish::expand_tag;
 use crate::spec::Variant;
 
 /// PATH when the image config sets none (what container runtimes use).
@@ -224,18 +224,25 @@ impl MountedImage {
         for d in [&upper, &work, &root] {
             fs::create_dir(d).map_err(io_err(d))?;
         }
-        // The merged root takes the upper dir's owner and mode; give it the image's.
-        if let Some(top) = lowers.last() {
-            let m = fs::metadata(top).map_err(io_err(top))?;
-            std::os::unix::fs::chown(&upper, Some(m.uid()), Some(m.gid()))
-                .map_err(io_err(&upper))?;
-            fs::set_permissions(&upper, fs::Permissions::from_mode(m.mode() & 0o7777))
-                .map_err(io_err(&upper))?;
-        } else {
-            fs::set_permissions(&upper, fs::Permissions::from_mode(0o755))
-                .map_err(io_err(&upper))?;
-        }
+        overlay::match_root(&upper, &lowers)?;
         let overlay = Overlay::mount(&lowers, &upper, &work, &root)?;
+        // bwrap creates missing mount points as the sandbox user, which fails for non-root
+        // users; make them now (in the throwaway upper) as container runtimes do.
+        for (d, mode) in [("proc", 0o555), ("dev", 0o755), ("tmp", 0o1777)] {
+            let p = root.join(d);
+            if fs::symlink_metadata(&p).is_err() {
+                fs::create_dir(&p).map_err(io_err(&p))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(io_err(&p))?;
+            }
+        }
+        // Likewise the file a networked sandbox binds the host's resolver config over.
+        let resolv = root.join("etc/resolv.conf");
+        if root.join("etc").is_dir()
+            && !root.join("etc").is_symlink()
+            && fs::symlink_metadata(&resolv).is_err()
+        {
+            fs::write(&resolv, b"").map_err(io_err(&resolv))?;
+        }
         Ok(Self {
             overlay,
             dir,

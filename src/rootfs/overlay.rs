@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::{RootfsError, require_root};
+use super::{RootfsError, io_err, require_root};
 
 /// A mounted overlay; dropping it detaches the mount.
 #[derive(Debug)]
@@ -57,6 +57,21 @@ pub fn mount_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<St
         ));
     }
     Ok(opts)
+}
+
+/// Give `upper` the owner and mode of the topmost lower's root (0755 root:root without
+/// lowers): the merged root takes them from the upper dir, and a fresh temp dir is 0700.
+pub fn match_root(upper: &Path, lowers: &[PathBuf]) -> Result<(), RootfsError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (uid, gid, mode) = match lowers.last() {
+        Some(top) => {
+            let m = std::fs::metadata(top).map_err(io_err(top))?;
+            (m.uid(), m.gid(), m.mode() & 0o7777)
+        }
+        None => (0, 0, 0o755),
+    };
+    std::os::unix::fs::chown(upper, Some(uid), Some(gid)).map_err(io_err(upper))?;
+    std::fs::set_permissions(upper, std::fs::Permissions::from_mode(mode)).map_err(io_err(upper))
 }
 
 impl Overlay {

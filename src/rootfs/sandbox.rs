@@ -108,7 +108,8 @@ impl Sandbox {
     /// The `bwrap` command that runs `argv` in the sandbox. Its own environment is cleared
     /// too, so no host variable (tokens included) can reach the sandbox.
     pub fn command(&self, argv: &[String]) -> Command {
-        let mut c = Command::new("bwrap");
+        // Resolved with hakim's PATH: the cleared environment has none.
+        let mut c = Command::new(bwrap_path().unwrap_or_else(|| PathBuf::from("bwrap")));
         c.env_clear();
         c.args(self.args()).arg("--").args(argv);
         if let Some((uid, gid)) = self.user
@@ -124,7 +125,8 @@ impl Sandbox {
     }
 }
 
-/// Set the real ids (and groups) of the bwrap child, keeping effective root for its setup.
+/// Set the real uid, all gids and the groups of the bwrap child, keeping effective uid 0
+/// for its setup.
 fn drop_to(uid: u32, gid: u32, groups: &[libc::gid_t]) -> std::io::Result<()> {
     let keep = libc::uid_t::MAX; // -1: leave unchanged
     // SAFETY: plain syscalls on values we own.
@@ -139,7 +141,9 @@ fn drop_to(uid: u32, gid: u32, groups: &[libc::gid_t]) -> std::io::Result<()> {
             }
             return Ok(());
         }
-        if libc::setresgid(gid, keep, keep) != 0 || libc::setresuid(uid, keep, keep) != 0 {
+        // All gids now: bwrap only drops the uid, and an exec with egid != gid would leave
+        // the sandbox's first process non-dumpable (its /proc/self/fd owned by root).
+        if libc::setresgid(gid, gid, gid) != 0 || libc::setresuid(uid, keep, keep) != 0 {
             return Err(std::io::Error::last_os_error());
         }
     }
@@ -185,12 +189,15 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
+fn bwrap_path() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join("bwrap"))
+        .find(|p| p.is_file())
+}
+
 /// Fail with an install hint unless `bwrap` is on PATH.
 pub fn require_bwrap() -> Result<(), RootfsError> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("bwrap").is_file()))
-        .unwrap_or(false);
-    if found {
+    if bwrap_path().is_some() {
         Ok(())
     } else {
         Err(RootfsError::MissingTool {
