@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use hakim::build::{self, BuildOptions};
-use std::collections::BTreeMap;
 use hakim::rootfs::{self, MountedImage, RootfsCache, check, image};
+use std::collections::BTreeMap;
 
 use hakim::debian::lock::{LOCK_FILE, LockFile};
 use hakim::fetch::{FetchOptions, Fetcher};

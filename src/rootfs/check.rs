@@ -98,7 +98,13 @@ pub fn run_test(
         stderr: String::new(),
         seconds: 0.0,
     };
-    let pattern = match test.stdout.as_deref().map(regex::Regex::new).transpose() {
+    // Multi-line, as grep users expect: `^` and `$` match at every line.
+    let pattern = match test
+        .stdout
+        .as_deref()
+        .map(|p| regex::RegexBuilder::new(p).multi_line(true).build())
+        .transpose()
+    {
         Ok(p) => p,
         Err(e) => {
             outcome.failures.push(format!("bad stdout regex: {e}"));

@@ -11,11 +11,11 @@ use super::sandbox::Sandbox;
 use super::unpack::RootfsCache;
 use super::{RootfsError, io_err};
 use crate::build::{GitInfo, tag_vars};
-use crate::publish::expand_tag;
 use crate::digest::Sha256Digest;
 use crate::oci::model::{
     Descriptor, ImageConfig, Index, MEDIA_INDEX, Manifest, Platform, REF_NAME,
 };
+use crate::publish::expand_tag;
 use crate::spec::Variant;
 
 /// PATH when the image config sets none (what container runtimes use).
@@ -286,6 +286,7 @@ impl MountedImage {
         sb.groups = ids.groups;
         sb.cwd = rc.working_dir.clone().filter(|w| !w.is_empty());
         sb.tmpfs_tmp = true;
+        sb.container = true;
         Ok(sb)
     }
 }

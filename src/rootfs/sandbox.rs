@@ -43,6 +43,14 @@ pub struct Sandbox {
     pub cwd: Option<String>,
     /// Mount a fresh tmpfs on /tmp.
     pub tmpfs_tmp: bool,
+    /// Run the way a container runtime does (unshare + chroot) instead of bwrap, which always
+    /// sets no_new_privs: setuid programs such as sudo then work, as in a real workspace.
+    pub container: bool,
+}
+
+/// Quote a string for the host's /bin/sh.
+fn shq(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// The host resolver config bound into networked sandboxes.
@@ -108,6 +116,9 @@ impl Sandbox {
     /// The `bwrap` command that runs `argv` in the sandbox. Its own environment is cleared
     /// too, so no host variable (tokens included) can reach the sandbox.
     pub fn command(&self, argv: &[String]) -> Command {
+        if self.container {
+            return self.container_command(argv);
+        }
         // Resolved with hakim's PATH: the cleared environment has none.
         let mut c = Command::new(bwrap_path().unwrap_or_else(|| PathBuf::from("bwrap")));
         c.env_clear();
@@ -126,6 +137,82 @@ impl Sandbox {
 }
 
 /// Set the real uid, all gids and the groups of the bwrap child, keeping effective uid 0
+impl Sandbox {
+    /// The unshare + chroot form of [`Sandbox::command`].
+    fn container_command(&self, argv: &[String]) -> Command {
+        let r = shq(&self.root.to_string_lossy());
+        let mut script = format!(
+            "set -e\nmount --make-rprivate /\nR={r}\nmkdir -p \"$R/proc\" \"$R/dev\" \"$R/tmp\"\n\
+             mount -t proc proc \"$R/proc\"\nmount --rbind /dev \"$R/dev\"\n\
+             printf localhost > /proc/sys/kernel/hostname\n"
+        );
+        if self.tmpfs_tmp {
+            script.push_str("mount -t tmpfs -o mode=1777 tmpfs \"$R/tmp\"\n");
+        }
+        if self.network
+            && Path::new(HOST_RESOLV_CONF).exists()
+            && self.root.join("etc/resolv.conf").is_file()
+        {
+            script.push_str(&format!(
+                "mount --bind {} \"$R/etc/resolv.conf\"\n",
+                shq(HOST_RESOLV_CONF)
+            ));
+        }
+        for b in &self.binds {
+            let dest = shq(&b.dest);
+            script.push_str(&format!(
+                "mkdir -p \"$R\"{dest}\nmount --bind {} \"$R\"{dest}\n",
+                shq(&b.src.to_string_lossy())
+            ));
+            if b.readonly {
+                script.push_str(&format!("mount -o remount,bind,ro \"$R\"{dest}\n"));
+            }
+        }
+        let mut chroot = String::from("exec chroot");
+        if let Some((uid, gid)) = self.user
+            && (uid, gid) != (0, 0)
+        {
+            chroot.push_str(&format!(" --userspec={uid}:{gid}"));
+            let groups: Vec<String> = std::iter::once(gid)
+                .chain(self.groups.iter().copied())
+                .map(|g| g.to_string())
+                .collect();
+            chroot.push_str(&format!(" --groups={}", groups.join(",")));
+        }
+        chroot.push_str(" \"$R\" env -i");
+        for (k, v) in &self.env {
+            chroot.push(' ');
+            chroot.push_str(&shq(&format!("{k}={v}")));
+        }
+        let cwd = self.cwd.clone().unwrap_or_else(|| "/".into());
+        chroot.push_str(&format!(
+            " /bin/sh -c 'cd \"$0\" && exec \"$@\"' {}",
+            shq(&cwd)
+        ));
+        for a in argv {
+            chroot.push(' ');
+            chroot.push_str(&shq(a));
+        }
+        script.push_str(&chroot);
+        let mut c = Command::new("unshare");
+        c.env_clear();
+        c.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        c.args([
+            "--fork",
+            "--pid",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--kill-child",
+        ]);
+        if !self.network {
+            c.arg("--net");
+        }
+        c.args(["--", "/bin/sh", "-c", &script]);
+        c
+    }
+}
+
 /// for its setup.
 fn drop_to(uid: u32, gid: u32, groups: &[libc::gid_t]) -> std::io::Result<()> {
     let keep = libc::uid_t::MAX; // -1: leave unchanged
