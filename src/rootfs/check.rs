@@ -120,6 +120,7 @@ pub fn run_test(
         Err(e) => return Err(e),
     };
     let mut cmd = sb.command(&["/bin/sh".into(), "-c".into(), test.run.clone()]);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -157,6 +158,11 @@ pub fn run_test(
         }
         if started.elapsed() > timeout {
             // bwrap's --die-with-parent takes the sandboxed processes with it.
+            // The whole process group: a test that switched user no longer dies with its parent.
+            // SAFETY: kill(2) on the group this child leads.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
             let _ = child.kill();
             let _ = child.wait();
             break None;

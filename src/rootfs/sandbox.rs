@@ -141,34 +141,15 @@ impl Sandbox {
     /// The unshare + chroot form of [`Sandbox::command`].
     fn container_command(&self, argv: &[String]) -> Command {
         let r = shq(&self.root.to_string_lossy());
+        // The image's environment is this process's environment (nothing else reaches the
+        // image); the host side of the script uses its own PATH until the final exec.
         let mut script = format!(
-            "set -e\nmount --make-rprivate /\nR={r}\nmkdir -p \"$R/proc\" \"$R/dev\" \"$R/tmp\"\n\
-             mount -t proc proc \"$R/proc\"\nmount --rbind /dev \"$R/dev\"\n\
+            "IMG_PATH=${{PATH-}}\nPATH=/usr/sbin:/usr/bin:/sbin:/bin\nset -e\nmount --make-rprivate /\nR={r}\n\
+             mkdir -p \"$R/proc\" \"$R/dev\" \"$R/tmp\"\nmount -t proc proc \"$R/proc\"\nmount --rbind /dev \"$R/dev\"\n\
              printf localhost > /proc/sys/kernel/hostname\n"
         );
-        if self.tmpfs_tmp {
-            script.push_str("mount -t tmpfs -o mode=1777 tmpfs \"$R/tmp\"\n");
-        }
-        if self.network
-            && Path::new(HOST_RESOLV_CONF).exists()
-            && self.root.join("etc/resolv.conf").is_file()
-        {
-            script.push_str(&format!(
-                "mount --bind {} \"$R/etc/resolv.conf\"\n",
-                shq(HOST_RESOLV_CONF)
-            ));
-        }
-        for b in &self.binds {
-            let dest = shq(&b.dest);
-            script.push_str(&format!(
-                "mkdir -p \"$R\"{dest}\nmount --bind {} \"$R\"{dest}\n",
-                shq(&b.src.to_string_lossy())
-            ));
-            if b.readonly {
-                script.push_str(&format!("mount -o remount,bind,ro \"$R\"{dest}\n"));
-            }
-        }
-        let mut chroot = String::from("exec chroot");
+        let mut chroot =
+            String::from("CHROOT=$(command -v chroot)\nPATH=$IMG_PATH\nexec \"$CHROOT\"");
         if let Some((uid, gid)) = self.user
             && (uid, gid) != (0, 0)
         {
@@ -179,11 +160,7 @@ impl Sandbox {
                 .collect();
             chroot.push_str(&format!(" --groups={}", groups.join(",")));
         }
-        chroot.push_str(" \"$R\" env -i");
-        for (k, v) in &self.env {
-            chroot.push(' ');
-            chroot.push_str(&shq(&format!("{k}={v}")));
-        }
+        chroot.push_str(" \"$R\"");
         let cwd = self.cwd.clone().unwrap_or_else(|| "/".into());
         chroot.push_str(&format!(
             " /bin/sh -c 'cd \"$0\" && exec \"$@\"' {}",
@@ -194,9 +171,17 @@ impl Sandbox {
             chroot.push_str(&shq(a));
         }
         script.push_str(&chroot);
-        let mut c = Command::new("unshare");
+        // Resolved with hakim's PATH: the child's environment is the image's.
+        let unshare = std::env::var_os("PATH")
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("unshare"))
+                    .find(|p| p.is_file())
+            })
+            .unwrap_or_else(|| PathBuf::from("unshare"));
+        let mut c = Command::new(unshare);
         c.env_clear();
-        c.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        c.envs(&self.env);
         c.args([
             "--fork",
             "--pid",
