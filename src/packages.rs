@@ -339,14 +339,13 @@ impl<'a> Resolver<'a> {
                         essential_base: s.bootstrap,
                         recommends: layer.spec.recommends,
                     };
-                    let res = resolve(&loaded.index, &request).map_err(|source| {
-                        PackagesError::Resolve {
-                            variant: variant.key.clone(),
-                            layer: s.layer.clone(),
-                            arch: arch.into(),
-                            source,
-                        }
-                    })?;
+                    let resolve_err = |source| PackagesError::Resolve {
+                        variant: variant.key.clone(),
+                        layer: s.layer.clone(),
+                        arch: arch.into(),
+                        source,
+                    };
+                    let res = resolve(&loaded.index, &request).map_err(resolve_err)?;
                     // What mmdebstrap extracts first: the Essential set and its dependencies.
                     let phase1: std::collections::BTreeSet<String> = if s.bootstrap {
                         let names: std::collections::BTreeSet<String> = loaded
@@ -363,14 +362,7 @@ impl<'a> Resolver<'a> {
                             packages: names.into_iter().collect(),
                             ..Request::default()
                         };
-                        let res = resolve(&loaded.index, &req).map_err(|source| {
-                            PackagesError::Resolve {
-                                variant: variant.key.clone(),
-                                layer: s.layer.clone(),
-                                arch: arch.into(),
-                                source,
-                            }
-                        })?;
+                        let res = resolve(&loaded.index, &req).map_err(resolve_err)?;
                         res.packages
                             .iter()
                             .map(|r| r.package.name.clone())

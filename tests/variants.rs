@@ -59,7 +59,8 @@ fn every_shipped_variant_builds_and_passes_its_tests() {
         String::from_utf8_lossy(&res.stderr)
     );
     let results = serde_json::from_slice::<serde_json::Value>(&res.stdout).unwrap();
-    let n: usize = results
+    assert_eq!(results["passed"], true);
+    let n: usize = results["variants"]
         .as_array()
         .unwrap()
         .iter()
