@@ -35,7 +35,7 @@ pub enum BuildError {
     Fetch(#[from] FetchError),
     /// Resolving or locking packages failed.
     #[error(transparent)]
-    Packages(#[from] PackagesError),
+    Packages(Box<PackagesError>),
     /// The lock file failed.
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -52,6 +52,12 @@ pub enum BuildError {
     /// Unpacking a lower layer failed.
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),
+}
+
+impl From<PackagesError> for BuildError {
+    fn from(e: PackagesError) -> Self {
+        Self::Packages(Box::new(e))
+    }
 }
 
 /// Settings of one build.

@@ -28,7 +28,7 @@ pub enum PackagesError {
     },
     /// Repository access failed.
     #[error(transparent)]
-    Repo(#[from] RepoError),
+    Repo(Box<RepoError>),
     /// A Packages index did not parse.
     #[error(transparent)]
     Index(#[from] crate::debian::index::IndexError),
@@ -38,7 +38,7 @@ pub enum PackagesError {
         variant: String,
         layer: String,
         arch: String,
-        source: ResolveError,
+        source: Box<ResolveError>,
     },
     /// The lock no longer matches the variant.
     #[error(
@@ -73,6 +73,12 @@ pub enum PackagesError {
     /// Downloading failed.
     #[error(transparent)]
     Fetch(#[from] FetchError),
+}
+
+impl From<RepoError> for PackagesError {
+    fn from(e: RepoError) -> Self {
+        Self::Repo(Box::new(e))
+    }
 }
 
 /// How existing lock entries are treated.
@@ -343,7 +349,7 @@ impl<'a> Resolver<'a> {
                         variant: variant.key.clone(),
                         layer: s.layer.clone(),
                         arch: arch.into(),
-                        source,
+                        source: Box::new(source),
                     };
                     let res = resolve(&loaded.index, &request).map_err(resolve_err)?;
                     // What mmdebstrap extracts first: the Essential set and its dependencies.

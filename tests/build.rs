@@ -400,7 +400,8 @@ fn http_archives_are_pinned_per_arch() {
 
 #[test]
 fn bad_inputs_fail_with_located_errors_and_never_touch_the_layout() {
-    let cases: Vec<(&str, Box<dyn Fn(&Scratch)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&Scratch)>;
+    let cases: Vec<(&str, Mutation, &str)> = vec![
         (
             "unknown key",
             Box::new(|s| {

@@ -657,7 +657,8 @@ fn clean(ctx: &Ctx<'_>) -> Result<(), InstallError> {
         r.join("var/cache/ldconfig/aux-cache"),
         r.join("var/lib/systemd/catalog/database"),
     ];
-    let globbed: [(&str, fn(&str) -> bool); 5] = [
+    type Pick = fn(&str) -> bool;
+    let globbed: [(&str, Pick); 5] = [
         ("etc/ssh", |n| n.starts_with("ssh_host_")),
         ("var/cache/apt", |n| n.ends_with(".bin")),
         ("var/cache/apt/archives", |n| n.ends_with(".deb")),

@@ -158,8 +158,10 @@ fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, epoch: u64) -> Result<()
         h.set_path(short.trim_start_matches('/'))
             .map_err(TarError::Write)?;
     }
-    if let Kind::Symlink(t) | Kind::Hardlink(t) = &e.kind {
-        if h.set_link_name(t).is_err() || t.len() > 100 {
+    if let Kind::Symlink(t) | Kind::Hardlink(t) = &e.kind
+        && (h.set_link_name(t).is_err() || t.len() > 100)
+    {
+        {
             pax.push(("linkpath".into(), t.clone().into_bytes()));
             h.set_link_name("pax-linkpath").map_err(TarError::Write)?;
         }
