@@ -22,6 +22,7 @@ use entrypoint_harness::{
 use fake_coder::{FakeCoder, Options, Report};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::image::{
@@ -80,10 +81,25 @@ fn image_ships_the_repository_entrypoint_as_its_entrypoint() {
     );
     let m = fs::metadata(&script).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755));
-    let wants = root.join("etc/systemd/system/multi-user.target.wants/hakim-agent.service");
+    // The enablement link resolves, inside the rootfs, to the layer's unit.
+    let unit_dir = root.join("etc/systemd/system");
+    let link = fs::read_link(unit_dir.join("multi-user.target.wants/hakim-agent.service")).unwrap();
+    let target = if link.is_absolute() {
+        root.join(link.strip_prefix("/").unwrap())
+    } else {
+        unit_dir.join("multi-user.target.wants").join(&link)
+    };
     assert_eq!(
-        fs::read_link(&wants).unwrap().to_string_lossy(),
-        "/etc/systemd/system/hakim-agent.service"
+        fs::read(&target).unwrap_or_else(|e| panic!("wants link {link:?}: {e}")),
+        fs::read(
+            Path::new(SCRIPT)
+                .ancestors()
+                .nth(4)
+                .unwrap()
+                .join("etc/systemd/system/hakim-agent.service")
+        )
+        .unwrap(),
+        "the enabled unit is not the layer's hakim-agent.service"
     );
     let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
     assert!(
