@@ -191,7 +191,7 @@ pub fn ensure_subids() {
             } else {
                 "\n"
             };
-            write!(f, "{sep}{line}\n").unwrap();
+            writeln!(f, "{sep}{line}").unwrap();
         }
     }
 }
