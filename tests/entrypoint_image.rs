@@ -22,7 +22,7 @@ use entrypoint_harness::{
 use fake_coder::{FakeCoder, Options, Report};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::image::{
@@ -350,15 +350,14 @@ fn lxc_unprivileged_system_container_reads_env_file() {
     assert!(shifted, "no process runs as host uid {}", IDMAP_BASE + 1000);
 }
 
-#[test]
-fn proxmox_style_oci_import_boots_through_the_entrypoint() {
+/// Imports the image as Proxmox does (`skopeo copy` to an oci-archive, `lxc-create -t oci`)
+/// and configures an application-style CT: the entrypoint as `lxc.init.cmd` and `env` as
+/// `lxc.environment`. Returns the console log path.
+fn oci_import(ct: &Lxc, env: &[(&str, &str)]) -> PathBuf {
     for bin in ["skopeo", "umoci", "jq"] {
         require_bin(bin, bin);
     }
     let built = built_base();
-    let ct = Lxc::new("hakim-oci");
-    let server = FakeCoder::start(Options::default());
-    let token = new_token();
     let archive = ct.path.path().join("hakim-base.tar");
     run_ok(
         Command::new("skopeo")
@@ -389,12 +388,25 @@ fn proxmox_style_oci_import_boots_through_the_entrypoint() {
         config.contains(&format!("lxc.execute.cmd = '\"{ENTRYPOINT}\" '")),
         "the OCI template did not take the image entrypoint:\n{config}"
     );
-    // What PVE writes for an application-style CT: the entrypoint as init, env as given.
-    config.push_str(&format!(
-        "lxc.init.cmd = {ENTRYPOINT}\nlxc.environment = CODER_AGENT_URL={}\nlxc.environment = CODER_AGENT_TOKEN={token}\n",
-        server.access_url()
-    ));
+    config.push_str(&format!("lxc.init.cmd = {ENTRYPOINT}\n"));
+    for (k, v) in env {
+        config.push_str(&format!("lxc.environment = {k}={v}\n"));
+    }
     fs::write(&config_path, config).unwrap();
+    console
+}
+
+#[test]
+fn proxmox_style_oci_import_boots_through_the_entrypoint() {
+    let ct = Lxc::new("hakim-oci");
+    let server = FakeCoder::start(Options::default());
+    let token = new_token();
+    let url = server.access_url();
+    // What PVE writes for an application-style CT: the entrypoint as init, env as given.
+    let console = oci_import(
+        &ct,
+        &[("CODER_AGENT_URL", &url), ("CODER_AGENT_TOKEN", &token)],
+    );
     ct.start();
     let pid = ct.init_pid();
     let _fwd = NetnsForward::start(pid, url_port(&server.access_url()));
@@ -430,4 +442,54 @@ fn proxmox_style_oci_import_boots_through_the_entrypoint() {
     );
     let active = ct.attach(30, &["systemctl", "is-active", "hakim-agent.service"]);
     assert_eq!(String::from_utf8_lossy(&active.stdout).trim(), "active");
+}
+
+#[test]
+fn oci_import_with_hakim_init_none_stops_cleanly_on_lxc_stop() {
+    let ct = Lxc::new("hakim-ocia");
+    let server = FakeCoder::start(Options::default());
+    let token = new_token();
+    let url = server.access_url();
+    let console = oci_import(
+        &ct,
+        &[
+            ("HAKIM_INIT", "none"),
+            ("CODER_AGENT_URL", &url),
+            ("CODER_AGENT_TOKEN", &token),
+        ],
+    );
+    ct.start();
+    let pid = ct.init_pid();
+    let _fwd = NetnsForward::start(pid, url_port(&url));
+    let log = || {
+        format!(
+            "{}\n--- console ---\n{}",
+            ct.log(),
+            fs::read_to_string(&console).unwrap_or_default()
+        )
+    };
+    let report = agent_report(&server, &token, "oci import, HAKIM_INIT=none", log);
+    assert_default_agent(&report, &token, &url);
+    // Pure application mode: the entrypoint itself stays PID 1 and supervises the agent.
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&cmdline).replace('\0', " ").trim(),
+        format!("/bin/sh {ENTRYPOINT}"),
+        "{}",
+        log()
+    );
+    // A clean `lxc-stop` (what `pct shutdown` runs) sends lxc.signal.halt, SIGPWR by default.
+    let t0 = Instant::now();
+    run_ok(ct.cmd("lxc-stop", 60).args(["-t", "30"]));
+    let took = t0.elapsed();
+    assert!(
+        server
+            .wait_report("term", Duration::from_secs(5), || {})
+            .is_some(),
+        "the agent never got SIGTERM from the clean stop (after {took:?}); log:\n{}",
+        log()
+    );
+    assert!(took < Duration::from_secs(10), "lxc-stop took {took:?}");
+    let text = fs::read_to_string(&console).unwrap_or_default();
+    assert!(!text.contains(&token), "token on the console:\n{text}");
 }

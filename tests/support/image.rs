@@ -308,9 +308,12 @@ impl Lxc {
     /// The LXC log and the console log, for failure messages.
     pub fn log(&self) -> String {
         let read = |p: PathBuf| fs::read_to_string(p).unwrap_or_default();
+        let lxc = read(self.dir().join("lxc.log"));
+        let tail: Vec<&str> = lxc.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
         format!(
-            "{}\n--- console ---\n{}",
-            read(self.dir().join("lxc.log")),
+            "--- lxc.log (tail) ---\n{}\n--- console ---\n{}",
+            tail.join("\n"),
             read(self.dir().join("console.log"))
         )
     }
@@ -371,6 +374,15 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 impl NetnsForward {
     /// Listens on 127.0.0.1:`port` in `pid`'s network namespace and forwards to the host.
     pub fn start(pid: i32, port: u16) -> NetnsForward {
+        // An LXC `empty` network has only `lo`, and nothing brings it up unless systemd
+        // boots (HAKIM_INIT=none): without it 127.0.0.1 is unreachable inside.
+        require_bin("nsenter", "util-linux");
+        require_bin("ip", "iproute2");
+        run_ok(
+            Command::new("nsenter")
+                .arg(format!("--net=/proc/{pid}/ns/net"))
+                .args(["ip", "link", "set", "lo", "up"]),
+        );
         let host_ns = fs::File::open("/proc/thread-self/ns/net").unwrap();
         let target = fs::File::open(format!("/proc/{pid}/ns/net"))
             .unwrap_or_else(|e| panic!("network namespace of pid {pid}: {e}"));
