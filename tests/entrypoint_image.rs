@@ -144,6 +144,12 @@ mod sandbox_on_image {
 fn podman_runc_application_mode() {
     let built = built_base();
     let podman = Podman::new();
+    let runtime = run_ok(
+        podman
+            .cmd(60)
+            .args(["info", "--format", "{{.Host.OCIRuntime.Name}}"]),
+    );
+    assert_eq!(String::from_utf8_lossy(&runtime.stdout).trim(), "runc");
     let image = podman.pull(&built.layout(), BASE_REF);
 
     // No credentials: the CMD runs as the workspace user.

@@ -332,6 +332,14 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        // Kill the sandbox's PID 1 first: a PID 1 that changed uid (setpriv) lost bwrap's
+        // --die-with-parent death signal and would outlive bwrap.
+        for p in processes() {
+            if p.ppid == self.child.id() as i32 {
+                // SAFETY: kill(2) on a child of our own bwrap.
+                unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

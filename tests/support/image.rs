@@ -165,7 +165,8 @@ impl Drop for Podman {
         for name in self.containers.lock().unwrap().drain(..) {
             let _ = self.cmd(60).args(["rm", "-f", "-t", "0", &name]).output();
         }
-        let _ = self.cmd(60).args(["system", "reset", "-f"]).output();
+        // Not `system reset`: as root it also drops networks shared with the host's podman.
+        let _ = self.cmd(120).args(["rmi", "-a", "-f"]).output();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
