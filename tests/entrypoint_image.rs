@@ -448,6 +448,18 @@ fn proxmox_style_oci_import_boots_through_the_entrypoint() {
     );
     let active = ct.attach(30, &["systemctl", "is-active", "hakim-agent.service"]);
     assert_eq!(String::from_utf8_lossy(&active.stdout).trim(), "active");
+    // `pct shutdown` is a clean lxc-stop: systemd shuts down and the agent gets SIGTERM.
+    let t0 = Instant::now();
+    run_ok(ct.cmd("lxc-stop", 60).args(["-t", "30"]));
+    let took = t0.elapsed();
+    assert!(
+        server
+            .wait_report("term", Duration::from_secs(5), || {})
+            .is_some(),
+        "the agent never got SIGTERM at shutdown (after {took:?}); log:\n{}",
+        log()
+    );
+    assert!(took < Duration::from_secs(15), "lxc-stop took {took:?}");
 }
 
 #[test]
