@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: running hakim, prerequisites, fixtures, servers.
 #![allow(dead_code)]
 
+pub mod image;
 pub mod layout;
 pub mod proxy;
 pub mod registry;
