@@ -172,6 +172,25 @@ fn layout_is_read_by_skopeo_and_umoci_with_declared_metadata() {
         );
     }
     validate_layout(&layout);
+
+    // The oci-spec crate's typed model reads every document too.
+    let blob = |d: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let index = oci_spec::image::ImageIndex::from_file(layout.join("index.json")).unwrap();
+    for d in index.manifests() {
+        if d.media_type() == &oci_spec::image::MediaType::ImageIndex {
+            let inner = oci_spec::image::ImageIndex::from_file(blob(d.digest().as_ref())).unwrap();
+            assert_eq!(inner.manifests().len(), 2);
+            continue;
+        }
+        let m = oci_spec::image::ImageManifest::from_file(blob(d.digest().as_ref())).unwrap();
+        let c = oci_spec::image::ImageConfiguration::from_file(blob(m.config().digest().as_ref()))
+            .unwrap();
+        assert_eq!(c.rootfs().diff_ids().len(), m.layers().len());
+    }
 }
 
 #[test]
