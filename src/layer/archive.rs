@@ -399,6 +399,63 @@ mod tests {
     }
 
     #[test]
+    fn every_format_unpacks_to_the_same_tree() {
+        use std::io::Write;
+        let plain = tar_with(&[
+            ("pkg/bin/a", tar::EntryType::Regular, ""),
+            ("pkg/bin/b", tar::EntryType::Symlink, "a"),
+        ]);
+        let bytes = std::fs::read(plain.path()).unwrap();
+        let write = |data: Vec<u8>| {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            f.write_all(&data).unwrap();
+            f
+        };
+        let xz = write(liblzma::encode_all(bytes.as_slice(), 6).unwrap());
+        let zst = write(zstd::encode_all(bytes.as_slice(), 3).unwrap());
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&bytes).unwrap();
+        let gz = write(gz.finish().unwrap());
+        let mut zip_bytes = std::io::Cursor::new(Vec::new());
+        {
+            let mut z = zip::ZipWriter::new(&mut zip_bytes);
+            let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+            z.start_file("pkg/bin/a", opts).unwrap();
+            z.add_symlink("pkg/bin/b", "a", opts).unwrap();
+            z.finish().unwrap();
+        }
+        let zip_file = write(zip_bytes.into_inner());
+        let p = placement();
+        let shape = |es: Vec<Entry>| {
+            es.into_iter()
+                .map(|e| (e.path, matches!(e.kind, Kind::Symlink(_))))
+                .collect::<Vec<_>>()
+        };
+        let want = shape(unpack(plain.path(), ArchiveFormat::Tar, &p).unwrap());
+        for (f, fmt) in [
+            (&gz, ArchiveFormat::TarGz),
+            (&xz, ArchiveFormat::TarXz),
+            (&zst, ArchiveFormat::TarZst),
+            (&zip_file, ArchiveFormat::Zip),
+        ] {
+            assert_eq!(shape(unpack(f.path(), fmt, &p).unwrap()), want, "{fmt:?}");
+        }
+        let bin = unpack(
+            plain.path(),
+            ArchiveFormat::Binary,
+            &Placement {
+                dest: "usr/local/bin/tool",
+                ..placement()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (bin[0].path.as_str(), bin[0].mode),
+            ("usr/local/bin/tool", 0o755)
+        );
+    }
+
+    #[test]
     fn guesses_formats() {
         assert_eq!(
             guess_format("https://x.example/a-1.2.tar.gz?x=1"),
