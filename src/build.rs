@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::debian::lock::{LOCK_FILE, LockError, LockFile, LockedLayer};
 use crate::digest::Sha256Digest;
 use crate::fetch::{FetchError, FetchOptions, FetchProgress, Fetcher};
+use crate::layer::entry::Entry;
 use crate::layer::store::{LayerRecord, LayerStore, LowerView, StoreError};
 use crate::layer::{self, LayerError, PureInputs, tarball};
 use crate::oci::{
@@ -491,22 +492,8 @@ async fn build_arch(
                             lower: &lower,
                         },
                     )?;
-                    let blob = tarball::write_layer(
-                        tree.entries(),
-                        opts.epoch,
-                        v.compression,
-                        store.cas(),
-                    )
-                    .map_err(|source| LayerError::Tar {
-                        layer: p.name.clone(),
-                        source,
-                    })?;
-                    let rec = LayerRecord {
-                        blob,
-                        entries: tree.len(),
-                    };
-                    store.put(&p.key, &rec, &tarball::meta_index(tree.entries()))?;
-                    rec
+                    let entries: Vec<&Entry> = tree.entries().collect();
+                    seal(store, &p, &entries, opts.epoch, v.compression)?
                 };
                 (rec, false)
             }
@@ -559,28 +546,35 @@ fn build_rootfs_layer(
         apt_sources,
         scratch: &ctx.opts.cache_dir.join("tmp"),
     })?;
-    let blob = tarball::write_layer(
-        built.entries.iter(),
-        ctx.opts.epoch,
-        v.compression,
-        ctx.store.cas(),
-    )
-    .map_err(|source| LayerError::Tar {
-        layer: p.name.clone(),
-        source,
-    })?;
-    let rec = LayerRecord {
-        blob,
-        entries: built.entries.len(),
-    };
-    ctx.store
-        .put(&p.key, &rec, &tarball::meta_index(built.entries.iter()))?;
+    let entries: Vec<&Entry> = built.entries.iter().collect();
+    let rec = seal(ctx.store, p, &entries, ctx.opts.epoch, v.compression)?;
     // The upper dir already is this layer unpacked; keep it for the layers above.
     let dest = rootfs_cache.path(&rec.blob.diff_id);
     if !dest.exists() {
         let _ = std::fs::create_dir_all(dest.parent().expect("cache path has a parent"));
         let _ = std::fs::rename(&built.upper, &dest);
     }
+    Ok(rec)
+}
+
+/// Write a layer's entries as a compressed blob and remember it in the layer cache.
+fn seal(
+    store: &LayerStore,
+    p: &PlannedLayer,
+    entries: &[&Entry],
+    epoch: u64,
+    compression: crate::spec::Compression,
+) -> Result<LayerRecord, BuildError> {
+    let blob = tarball::write_layer(entries.iter().copied(), epoch, compression, store.cas())
+        .map_err(|source| LayerError::Tar {
+            layer: p.name.clone(),
+            source,
+        })?;
+    let rec = LayerRecord {
+        blob,
+        entries: entries.len(),
+    };
+    store.put(&p.key, &rec, &tarball::meta_index(entries.iter().copied()))?;
     Ok(rec)
 }
 

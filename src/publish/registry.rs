@@ -210,6 +210,15 @@ impl Registry {
         }
     }
 
+    /// Why an authenticated request may have failed, without revealing anything secret.
+    fn credential_state(&self) -> &'static str {
+        if self.creds.is_some() {
+            "credentials rejected"
+        } else {
+            "no credentials found"
+        }
+    }
+
     fn auth_error(&self, repo: &str, detail: impl Into<String>) -> PublishError {
         PublishError::Auth {
             registry: self.host.clone(),
@@ -290,11 +299,7 @@ impl Registry {
         })?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            let who = if self.creds.is_some() {
-                "credentials rejected"
-            } else {
-                "no credentials found"
-            };
+            let who = self.credential_state();
             return Err(self.auth_error(
                 repo,
                 format!(
@@ -422,11 +427,7 @@ impl Registry {
             }
             let again = self.send_once(req, auth2.as_deref()).await?;
             if again.status() == StatusCode::UNAUTHORIZED {
-                let who = if self.creds.is_some() {
-                    "credentials rejected"
-                } else {
-                    "no credentials found"
-                };
+                let who = self.credential_state();
                 return Err(self.auth_error(
                     repo,
                     format!(
