@@ -8,6 +8,7 @@ pub mod build;
 pub mod cache;
 pub mod debian;
 pub mod digest;
+pub mod export;
 pub mod fetch;
 pub mod layer;
 pub mod oci;
