@@ -140,6 +140,11 @@ enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Write a built variant as a file: OCI archive, rootfs tarball or docker archive.
+    Export {
+        #[command(subcommand)]
+        format: cli::export::ExportCommand,
+    },
     /// Run variants' `tests:` in their built images (all variants when none is named).
     Test {
         /// Variants to test.
@@ -457,6 +462,7 @@ async fn run() -> Result<()> {
             };
             std::process::exit(code);
         }
+        Command::Export { format } => cli::export::run(&paths, format).await?,
         Command::Test {
             variants,
             all: _,

@@ -1,5 +1,6 @@
 //! Command-line plumbing shared by the subcommands: paths and output.
 
+pub mod export;
 pub mod progress;
 pub mod publish;
 
