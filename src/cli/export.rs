@@ -7,7 +7,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use hakim::export::{self, Compression, Dest, ExportRequest, Format};
 use hakim::rootfs::{self, image};
 
-use super::{Paths, print_json, progress::size};
+use super::build::build_variants;
+use super::exit::Status;
+use super::{Paths, pick_arch, print_json, progress::size, source_date_epoch};
 
 /// The export formats.
 #[derive(Subcommand)]
@@ -73,7 +75,7 @@ impl From<Comp> for Compression {
 }
 
 /// Run `hakim export <format> …`.
-pub async fn run(paths: &Paths, cmd: ExportCommand) -> Result<()> {
+pub async fn run(paths: &Paths, cmd: ExportCommand) -> Result<Status> {
     let (format, common, compression, lxc_meta) = match cmd {
         ExportCommand::OciArchive(c) => (Format::OciArchive, c, Compression::Xz, false),
         ExportCommand::DockerArchive(c) => (Format::DockerArchive, c, Compression::Xz, false),
@@ -98,9 +100,9 @@ pub async fn run(paths: &Paths, cmd: ExportCommand) -> Result<()> {
             v.archs.join(", ")
         );
     }
-    let arch = crate::pick_arch(v, common.arch.clone());
+    let arch = pick_arch(v, common.arch.clone());
     // As `push` does: a warm build is a no-op, a missing image gets built.
-    crate::run_build(
+    build_variants(
         paths,
         std::slice::from_ref(&v.key),
         common.json || to_stdout,
@@ -108,8 +110,8 @@ pub async fn run(paths: &Paths, cmd: ExportCommand) -> Result<()> {
         None,
     )
     .await?;
-    let epoch = super::source_date_epoch()?;
-    let layout = paths.out.join("oci");
+    let epoch = source_date_epoch()?;
+    let layout = paths.layout();
     let refs = image::variant_refs(&project.root, v, epoch, common.tag.as_deref());
     let img = rootfs::resolve_image(&layout, &v.key, &refs, &arch)?;
     let dest = if to_stdout {
@@ -145,7 +147,7 @@ pub async fn run(paths: &Paths, cmd: ExportCommand) -> Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(Status::SUCCESS)
 }
 
 /// `-o` as given; an existing directory gets the default name; no `-o` means <out>/export/.

@@ -7,16 +7,9 @@
 //! Needs root, skopeo, umoci, jq, lxc, podman, runc, xz-utils, zstd and the Debian mirror for
 //! `hakim build base`; a missing prerequisite fails loudly.
 
-mod support;
-
-#[path = "support/fake_coder.rs"]
-mod fake_coder;
-
-#[path = "support/entrypoint_harness.rs"]
-mod entrypoint_harness;
-
-use entrypoint_harness::{assert_default_agent, new_token, write_file};
-use fake_coder::{FakeCoder, Options};
+use crate::support;
+use crate::support::entrypoint_harness::{assert_default_agent, new_token, write_file};
+use crate::support::fake_coder::{FakeCoder, Options};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -24,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
-use support::image::{IDMAP_BASE, Lxc, NetnsForward, Podman, built_base, ensure_subids, url_port};
-use support::{json, require_bin, run_err, run_ok};
+use crate::support::image::{IDMAP_BASE, Lxc, NetnsForward, Podman, built_base, ensure_subids, url_port};
+use crate::support::{json, require_bin, run_err, run_ok};
 
 const ENTRYPOINT: &str = "/usr/local/bin/hakim-entrypoint";
 const BOOT_WAIT: Duration = Duration::from_secs(120);
