@@ -10,6 +10,10 @@
 use crate::support;
 use crate::support::entrypoint_harness::{assert_default_agent, new_token, write_file};
 use crate::support::fake_coder::{FakeCoder, Options};
+use crate::support::image::{
+    IDMAP_BASE, Lxc, NetnsForward, Podman, built_base, ensure_subids, url_port,
+};
+use crate::support::{json, require_bin, run_err, run_ok};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -17,8 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
-use crate::support::image::{IDMAP_BASE, Lxc, NetnsForward, Podman, built_base, ensure_subids, url_port};
-use crate::support::{json, require_bin, run_err, run_ok};
 
 const ENTRYPOINT: &str = "/usr/local/bin/hakim-entrypoint";
 const BOOT_WAIT: Duration = Duration::from_secs(120);
