@@ -101,6 +101,9 @@ pub async fn run(paths: &Paths, cmd: ExportCommand) -> Result<Status> {
         );
     }
     let arch = pick_arch(v, common.arch.clone());
+    if let Some(o) = common.output.as_deref().filter(|_| !to_stdout) {
+        existing_dir(o)?;
+    }
     // As `push` does: a warm build is a no-op, a missing image gets built.
     build_variants(
         paths,
@@ -161,12 +164,25 @@ fn output_path(paths: &Paths, output: Option<&Path>, name: &str) -> Result<PathB
             dir.join(name)
         }
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+    existing_dir(&path)?;
+    Ok(path)
+}
+
+/// Fail early, before any build, when `-o` names a file in a missing directory.
+fn existing_dir(output: &Path) -> Result<()> {
+    if output.is_dir() {
+        return Ok(());
+    }
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     };
     if !dir.is_dir() {
-        bail!("{}: directory does not exist", dir.display());
+        bail!(
+            "-o {}: directory {} does not exist",
+            output.display(),
+            dir.display()
+        );
     }
-    Ok(path)
+    Ok(())
 }

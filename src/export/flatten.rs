@@ -544,3 +544,120 @@ impl<W: Write> Writer<'_, W> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(dir: &Path, name: &str, entries: &[(&str, tar::EntryType, &str)]) -> LayerSource {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, body) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            if matches!(kind, tar::EntryType::Link | tar::EntryType::Symlink) {
+                h.set_size(0);
+                b.append_link(&mut h, path, body).unwrap();
+            } else {
+                h.set_size(body.len() as u64);
+                b.append_data(&mut h, path, body.as_bytes()).unwrap();
+            }
+        }
+        let blob = dir.join(name);
+        std::fs::write(&blob, b.into_inner().unwrap()).unwrap();
+        LayerSource {
+            blob,
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        }
+    }
+
+    fn contents(tar_bytes: &[u8]) -> BTreeMap<String, (tar::EntryType, String)> {
+        let mut a = tar::Archive::new(tar_bytes);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().to_string_lossy().into_owned();
+                let kind = e.header().entry_type();
+                let mut body = String::new();
+                if kind == tar::EntryType::Link {
+                    body = e
+                        .link_name()
+                        .unwrap()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
+                } else {
+                    e.read_to_string(&mut body).unwrap();
+                }
+                (path, (kind, body))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hardlinks_keep_the_bytes_they_had_when_linked() {
+        use tar::EntryType::{Link, Regular};
+        let d = tempfile::tempdir().unwrap();
+        let layers = vec![
+            layer(
+                d.path(),
+                "1",
+                &[("t", Regular, "old"), ("h", Link, "t"), ("g", Link, "t")],
+            ),
+            layer(
+                d.path(),
+                "2",
+                &[(".wh.t", Regular, ""), ("u", Regular, "u")],
+            ),
+            layer(d.path(), "3", &[("t", Regular, "new")]),
+        ];
+        let tree = Tree::read(&layers, &BTreeSet::new()).unwrap();
+        let out = tree.write(&layers, Vec::new()).unwrap();
+        let got = contents(&out);
+        // `t` was deleted and re-created: the links keep the old bytes, sharing one inode.
+        assert_eq!(got["t"], (Regular, "new".into()));
+        assert_eq!(got["g"], (Regular, "old".into()));
+        assert_eq!(got["h"], (Link, "g".into()));
+        assert_eq!(got["u"], (Regular, "u".into()));
+        // The same layers always give the same bytes.
+        let again = Tree::read(&layers, &BTreeSet::new())
+            .unwrap()
+            .write(&layers, Vec::new())
+            .unwrap();
+        assert!(out == again);
+    }
+
+    #[test]
+    fn template_entries_follow_the_layers_and_symlinks_resolve() {
+        use tar::EntryType::{Regular, Symlink};
+        let d = tempfile::tempdir().unwrap();
+        let layers = vec![layer(
+            d.path(),
+            "1",
+            &[
+                ("usr/sbin/init", Regular, "systemd"),
+                ("sbin", Symlink, "usr/sbin"),
+            ],
+        )];
+        let mut tree = Tree::read(&layers, &BTreeSet::new()).unwrap();
+        assert_eq!(tree.resolve("/sbin/init").unwrap().0, "usr/sbin/init");
+        assert!(tree.resolve("/sbin/nothing").is_none());
+        tree.add_synthetic(Entry::new(
+            "etc/x",
+            Kind::File(Content::Bytes(b"from yaml".to_vec())),
+            0o600,
+        ));
+        tree.add_synthetic(Entry::new("usr/sbin/init", Kind::Whiteout, 0));
+        let got = contents(&tree.write(&layers, Vec::new()).unwrap());
+        assert_eq!(got["etc/x"], (Regular, "from yaml".into()));
+        assert!(!got.contains_key("usr/sbin/init"));
+        assert!(
+            got.contains_key("etc/") || got.contains_key("etc"),
+            "{got:?}"
+        );
+    }
+}

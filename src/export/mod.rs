@@ -222,7 +222,14 @@ fn write_file(
     body: impl FnOnce(Sink) -> Result<Sink, ExportError>,
 ) -> Result<ExportedFile, ExportError> {
     let (file, sink) = AtomicFile::create(path)?;
-    let sink = body(sink)?;
+    // A failed write (a full disk) names the file, not just the tar stream.
+    let sink = body(sink).map_err(|e| match e {
+        ExportError::Tar(TarError::Write(source)) => ExportError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => other,
+    })?;
     file.commit(sink)
 }
 

@@ -61,6 +61,24 @@ fn oci_archive() -> &'static (PathBuf, serde_json::Value) {
     })
 }
 
+/// The zstd rootfs of hakim-base (quick to make; what the boot tests extract), made once.
+fn rootfs_zst() -> &'static PathBuf {
+    static R: OnceLock<PathBuf> = OnceLock::new();
+    R.get_or_init(|| {
+        require_bin("zstd", "zstd");
+        let dir = export_dir("rootfs-zst");
+        run_ok(&mut hakim_export(&[
+            "rootfs",
+            "base",
+            "--compression",
+            "zstd",
+            "-o",
+            dir.to_str().unwrap(),
+        ]));
+        dir.join("hakim-base-trixie-amd64.tar.zst")
+    })
+}
+
 /// The xz rootfs of hakim-base with its LXC meta tarball, made once.
 fn rootfs_xz() -> &'static (PathBuf, PathBuf) {
     static R: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
@@ -237,7 +255,7 @@ fn extract(tarball: &Path, dest: &Path, shifted: bool) {
 /// no host keys, empty machine-id, os-release, root locked, no whiteouts.
 #[test]
 fn rootfs_tarball_is_a_system_container_template() {
-    let (file, _) = rootfs_xz();
+    let file = rootfs_zst();
     let names = tar_list(file);
     assert!(
         !names.iter().any(|n| n.contains("ssh_host_")),
@@ -251,7 +269,7 @@ fn rootfs_tarball_is_a_system_container_template() {
     );
     let dir = file.parent().unwrap();
     sha256sum_check(dir, "sha256sums.txt");
-    sha256sum_check(dir, "hakim-base-trixie-amd64.tar.xz.sha256");
+    sha256sum_check(dir, "hakim-base-trixie-amd64.tar.zst.sha256");
     let root = tempfile::tempdir().unwrap();
     extract(file, root.path(), false);
     let r = root.path();
@@ -327,7 +345,7 @@ fn boot_and_check(ct: &Lxc) {
 
 #[test]
 fn rootfs_boots_as_privileged_lxc_system_container() {
-    let (file, _) = rootfs_xz();
+    let file = rootfs_zst();
     let ct = Lxc::new("hakim-xrootfs");
     let rootfs = ct.dir().join("rootfs");
     extract(file, &rootfs, false);
@@ -341,7 +359,7 @@ fn rootfs_boots_as_privileged_lxc_system_container() {
 
 #[test]
 fn rootfs_boots_as_unprivileged_lxc_system_container() {
-    let (file, _) = rootfs_xz();
+    let file = rootfs_zst();
     let ct = Lxc::new("hakim-xrootfsu");
     fs::create_dir_all(ct.dir()).unwrap();
     for d in [ct.path.path(), &ct.dir()] {
@@ -510,6 +528,8 @@ impl Layer {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_mtime(1_700_000_000);
         h.set_size(0);
         self.0.append_link(&mut h, path, target).unwrap();
@@ -545,7 +565,7 @@ fn fixture_layout(dir: &Path, layers: Vec<Vec<u8>>) {
         }));
     }
     let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux", "config": {},
+        "created": "2023-11-14T22:13:20Z", "architecture": "amd64", "os": "linux", "config": {},
         "rootfs": {"type": "layers", "diff_ids": diff_ids}, "history": []
     });
     let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
