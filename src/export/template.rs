@@ -169,10 +169,14 @@ fn root_login(tree: &mut Tree, parts: &[RootfsPart], epoch: u64) -> Result<(), E
         .find_map(|(_, r)| r.password_hash.clone());
     let keys: Vec<&String> = roots.iter().flat_map(|(_, r)| &r.authorized_keys).collect();
     let Some(node) = tree.nodes.get(SHADOW).cloned() else {
-        return Err(err(
-            Path::new("/etc/shadow"),
-            "the image has no /etc/shadow, so root's password cannot be checked",
-        ));
+        // No shadow file: no password to lock, but a hash asked for cannot be set.
+        if let (Some(_), Some((p, _))) = (&hash, roots.last()) {
+            return Err(err(
+                &p.file,
+                "rootfs.root.password_hash: the image has no /etc/shadow",
+            ));
+        }
+        return authorized_keys(tree, &keys, epoch);
     };
     let old = text(tree, SHADOW);
     let mut changed = false;
@@ -207,6 +211,10 @@ fn root_login(tree: &mut Tree, parts: &[RootfsPart], epoch: u64) -> Result<(), E
         (e.uid, e.gid, e.mtime) = (node.meta.uid, node.meta.gid, epoch);
         tree.add_synthetic(e);
     }
+    authorized_keys(tree, &keys, epoch)
+}
+
+fn authorized_keys(tree: &mut Tree, keys: &[&String], epoch: u64) -> Result<(), ExportError> {
     if !keys.is_empty() {
         if !tree.nodes.contains_key("root/.ssh") {
             let mut d = Entry::new("root/.ssh", Kind::Dir, 0o700);

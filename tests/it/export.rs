@@ -79,26 +79,6 @@ fn rootfs_zst() -> &'static PathBuf {
     })
 }
 
-/// The xz rootfs of hakim-base with its LXC meta tarball, made once.
-fn rootfs_xz() -> &'static (PathBuf, PathBuf) {
-    static R: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    R.get_or_init(|| {
-        require_bin("xz", "xz-utils");
-        let dir = export_dir("rootfs");
-        run_ok(&mut hakim_export(&[
-            "rootfs",
-            "base",
-            "--lxc-meta",
-            "-o",
-            dir.to_str().unwrap(),
-        ]));
-        (
-            dir.join("hakim-base-trixie-amd64.tar.xz"),
-            dir.join("hakim-base-trixie-amd64.meta.tar.xz"),
-        )
-    })
-}
-
 fn tar_list(file: &Path) -> Vec<String> {
     require_bin("tar", "tar");
     let out = run_ok(Command::new("tar").arg("-tf").arg(file));
@@ -191,8 +171,9 @@ fn oci_archive_imported_like_proxmox_runs_the_entrypoint_to_coder() {
         ),
         0o644,
     );
+    // Generous: umoci unpacks the whole image, slowly on a loaded machine.
     run_ok(
-        ct.cmd("lxc-create", 300)
+        ct.cmd("lxc-create", 900)
             .arg("-f")
             .arg(&create_conf)
             .args(["-t", "oci", "--", "--no-cache", "--url"])
@@ -380,31 +361,75 @@ fn rootfs_boots_as_unprivileged_lxc_system_container() {
     boot_and_check(&ct);
 }
 
+/// `lxc-create -t local` (whose LXC 5 template reads xz only) takes an xz rootfs and its meta
+/// tarball. A small image keeps xz cheap; booting the real one is tested above.
 #[test]
 fn lxc_create_local_takes_the_rootfs_and_its_meta() {
-    let (file, meta) = rootfs_xz();
-    let names = tar_list(meta);
+    support::require_root();
+    require_bin("xz", "xz-utils");
+    let mut l1 = Layer::new();
+    l1.dir("etc", 0o755, 0);
+    l1.file("etc/os-release", 0o644, 0, "ID=debian\nVERSION_ID=\"13\"\n");
+    l1.file("etc/shadow", 0o640, 0, "root:*:19000:0:99999:7:::\n");
+    l1.dir("sbin", 0o755, 0);
+    l1.file("sbin/init", 0o755, 0, "#!/bin/sh\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    fixture_layout(&layout, vec![l1.finish()]);
+    let out = tmp.path().join("small.tar.xz");
+    let report = export_fixture(&layout, &out, hakim::export::Compression::Xz, true);
+    let meta = report.meta.expect("meta written").path;
+    assert_eq!(meta, tmp.path().join("small.meta.tar.xz"));
+    let names = tar_list(&meta);
     assert!(names.contains(&"config".to_string()), "{names:?}");
-    let dir = file.parent().unwrap();
-    sha256sum_check(dir, "hakim-base-trixie-amd64.meta.tar.xz.sha256");
+    sha256sum_check(tmp.path(), "sha256sums.txt");
     let ct = Lxc::new("hakim-xlocal");
     let conf = ct.path.path().join("create.conf");
     write_file(&conf, "lxc.net.0.type = empty\n", 0o644);
     run_ok(
-        ct.cmd("lxc-create", 600)
+        ct.cmd("lxc-create", 300)
             .arg("-f")
             .arg(&conf)
             .args(["-t", "local", "--", "-m"])
-            .arg(meta)
+            .arg(&meta)
             .arg("-f")
-            .arg(file),
+            .arg(&out),
     );
     let config = fs::read_to_string(ct.dir().join("config")).unwrap();
     assert!(
-        config.contains("/usr/share/lxc/config/debian.common.conf"),
+        config.contains("lxc.include = /usr/share/lxc/config/debian.common.conf"),
         "{config}"
     );
-    boot_and_check(&ct);
+    assert_eq!(
+        fs::read_to_string(ct.dir().join("rootfs/sbin/init")).unwrap(),
+        "#!/bin/sh\n"
+    );
+}
+
+/// Export the fixture image `fixture:latest` of `layout` as a rootfs with no template.
+fn export_fixture(
+    layout: &Path,
+    out: &Path,
+    compression: hakim::export::Compression,
+    lxc_meta: bool,
+) -> hakim::export::ExportReport {
+    let img = hakim::rootfs::resolve_image(layout, "fixture", &["fixture:latest".into()], "amd64")
+        .unwrap();
+    let project = hakim::spec::Project::load(&support::repo_root()).unwrap();
+    let mut variant = project.variant("base").unwrap().clone();
+    variant.rootfs.clear();
+    hakim::export::export(&hakim::export::ExportRequest {
+        format: hakim::export::Format::Rootfs,
+        variant: &variant,
+        arch: "amd64",
+        layout,
+        image: &img,
+        dest: hakim::export::Dest::File(out.to_path_buf()),
+        compression,
+        lxc_meta,
+        epoch: 1_700_000_000,
+    })
+    .unwrap()
 }
 
 #[test]
@@ -657,24 +682,8 @@ fn whiteouts_flatten_exactly_as_umoci_unpacks() {
     let layout = tmp.path().join("layout");
     fixture_layout(&layout, vec![l1.finish(), l2.finish()]);
 
-    let img = hakim::rootfs::resolve_image(&layout, "fixture", &["fixture:latest".into()], "amd64")
-        .unwrap();
-    let project = hakim::spec::Project::load(&support::repo_root()).unwrap();
-    let mut variant = project.variant("base").unwrap().clone();
-    variant.rootfs.clear();
     let out = tmp.path().join("fixture.tar.gz");
-    hakim::export::export(&hakim::export::ExportRequest {
-        format: hakim::export::Format::Rootfs,
-        variant: &variant,
-        arch: "amd64",
-        layout: &layout,
-        image: &img,
-        dest: hakim::export::Dest::File(out.clone()),
-        compression: hakim::export::Compression::Gzip,
-        lxc_meta: false,
-        epoch: 1_700_000_000,
-    })
-    .unwrap();
+    export_fixture(&layout, &out, hakim::export::Compression::Gzip, false);
     let names = tar_list(&out);
     assert!(!names.iter().any(|n| n.contains(".wh.")), "{names:?}");
     let ours = tmp.path().join("ours");
