@@ -520,10 +520,11 @@ impl<W: Write> Writer<'_, W> {
         }
         let kind = match (&node.kind, link_to) {
             (NodeKind::File(_), Some(primary)) => Kind::Hardlink(primary.clone()),
-            (NodeKind::File(pos), None) => match (pos.0 < self.tree.layers, &data) {
-                (true, _) => Kind::File(Content::Bytes(Vec::new())),
-                (false, _) => self.tree.synthetic[&pos.1].kind.clone(),
-            },
+            // Image bytes come streamed in `data`; template bytes from the template entry.
+            (NodeKind::File(pos), None) if pos.0 < self.tree.layers => {
+                Kind::File(Content::Bytes(Vec::new()))
+            }
+            (NodeKind::File(pos), None) => self.tree.synthetic[&pos.1].kind.clone(),
             (NodeKind::Dir, _) => Kind::Dir,
             (NodeKind::Symlink(t), _) => Kind::Symlink(t.clone()),
             (NodeKind::Char(a, b), _) => Kind::Char(*a, *b),

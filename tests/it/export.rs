@@ -11,7 +11,7 @@ use crate::support;
 use crate::support::entrypoint_harness::{assert_default_agent, new_token, write_file};
 use crate::support::fake_coder::{FakeCoder, Options};
 use crate::support::image::{
-    IDMAP_BASE, Lxc, NetnsForward, Podman, built_base, ensure_subids, url_port,
+    IDMAP_BASE, Lxc, NetnsForward, Podman, built_base, ensure_subids, lxc_create_oci, url_port,
 };
 use crate::support::{json, require_bin, run_err, run_ok};
 use std::collections::BTreeMap;
@@ -161,36 +161,13 @@ fn oci_archive_imported_like_proxmox_runs_the_entrypoint_to_coder() {
     let server = FakeCoder::start(Options::default());
     let token = new_token();
     let url = server.access_url();
-    let console = ct.path.path().join("console.log");
-    let create_conf = ct.path.path().join("create.conf");
-    write_file(
-        &create_conf,
-        &format!(
-            "lxc.net.0.type = empty\nlxc.console.logfile = {}\n",
-            console.display()
-        ),
-        0o644,
-    );
-    // Generous: umoci unpacks the whole image, slowly on a loaded machine.
-    run_ok(
-        ct.cmd("lxc-create", 900)
-            .arg("-f")
-            .arg(&create_conf)
-            .args(["-t", "oci", "--", "--no-cache", "--url"])
-            .arg(format!("oci-archive:{}", file.display())),
-    );
     // What PVE writes for an application container: Entrypoint+Cmd as init, env as given.
-    let config_path = ct.dir().join("config");
-    let mut config = fs::read_to_string(&config_path).unwrap();
-    assert!(
-        config.contains(&format!("lxc.execute.cmd = '\"{ENTRYPOINT}\" '")),
-        "the OCI template did not take the image entrypoint:\n{config}"
+    let console = lxc_create_oci(
+        &ct,
+        file,
+        ENTRYPOINT,
+        &[("CODER_AGENT_URL", &url), ("CODER_AGENT_TOKEN", &token)],
     );
-    config.push_str(&format!("lxc.init.cmd = {ENTRYPOINT}\n"));
-    config.push_str(&format!(
-        "lxc.environment = CODER_AGENT_URL={url}\nlxc.environment = CODER_AGENT_TOKEN={token}\n"
-    ));
-    fs::write(&config_path, config).unwrap();
     ct.start();
     let _fwd = NetnsForward::start(ct.init_pid(), url_port(&url));
     let report = server
