@@ -547,10 +547,15 @@ impl<W: Write> Writer<'_, W> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn layer(dir: &Path, name: &str, entries: &[(&str, tar::EntryType, &str)]) -> LayerSource {
+    /// A plain tar layer file `dir/name` of (path, type, contents or link target) entries.
+    pub(in crate::export) fn layer(
+        dir: &Path,
+        name: &str,
+        entries: &[(&str, tar::EntryType, &str)],
+    ) -> LayerSource {
         let mut b = tar::Builder::new(Vec::new());
         for (path, kind, body) in entries {
             let mut h = tar::Header::new_ustar();
@@ -575,7 +580,10 @@ mod tests {
         }
     }
 
-    fn contents(tar_bytes: &[u8]) -> BTreeMap<String, (tar::EntryType, String)> {
+    /// path → (type, contents or link target) of a tar.
+    pub(in crate::export) fn contents(
+        tar_bytes: &[u8],
+    ) -> BTreeMap<String, (tar::EntryType, String)> {
         let mut a = tar::Archive::new(tar_bytes);
         a.entries()
             .unwrap()

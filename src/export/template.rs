@@ -244,7 +244,71 @@ pub(crate) fn os_id(tree: &Tree) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::flatten::tests::{contents, layer};
     use super::*;
+    use crate::spec::{RootLogin, RootfsSpec};
+
+    fn export(
+        shadow: &str,
+        root: Option<RootLogin>,
+    ) -> std::collections::BTreeMap<String, (tar::EntryType, String)> {
+        let d = tempfile::tempdir().unwrap();
+        let layers = vec![layer(
+            d.path(),
+            "1",
+            &[
+                ("etc/shadow", tar::EntryType::Regular, shadow),
+                (
+                    "etc/ssh/ssh_host_rsa_key",
+                    tar::EntryType::Regular,
+                    "secret",
+                ),
+                ("etc/ssh/sshd_config", tar::EntryType::Regular, "keep"),
+                ("etc/machine-id", tar::EntryType::Regular, "0123"),
+            ],
+        )];
+        let mut tree = Tree::read(&layers, &wanted_files()).unwrap();
+        let part = RootfsPart {
+            dir: d.path().to_path_buf(),
+            file: d.path().join("layer.yaml"),
+            spec: RootfsSpec {
+                remove: vec!["/etc/ssh/ssh_host_*".into()],
+                empty: vec!["/etc/machine-id".into()],
+                require: vec!["/etc/ssh/sshd_config".into()],
+                root,
+                ..RootfsSpec::default()
+            },
+        };
+        apply(&mut tree, &[part], 7).unwrap();
+        contents(&tree.write(&layers, Vec::new()).unwrap())
+    }
+
+    #[test]
+    fn root_stays_locked_unless_a_hash_is_given() {
+        let got = export("root:$6$known$hash:1::::::\nx:y:1::::::\n", None);
+        assert_eq!(got["etc/shadow"].1, "root:*:1::::::\nx:y:1::::::\n");
+        assert!(!got.contains_key("etc/ssh/ssh_host_rsa_key"));
+        assert_eq!(got["etc/ssh/sshd_config"].1, "keep");
+        assert_eq!(got["etc/machine-id"].1, "");
+        let got = export("root:!:1::::::\n", None);
+        assert_eq!(
+            got["etc/shadow"].1, "root:!:1::::::\n",
+            "already locked: kept"
+        );
+        let hash = "$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7";
+        let got = export(
+            "root:*:1::::::\n",
+            Some(RootLogin {
+                password_hash: Some(hash.into()),
+                authorized_keys: vec!["ssh-ed25519 AAAA admin".into()],
+            }),
+        );
+        assert_eq!(got["etc/shadow"].1, format!("root:{hash}:1::::::\n"));
+        assert_eq!(
+            got["root/.ssh/authorized_keys"].1,
+            "ssh-ed25519 AAAA admin\n"
+        );
+    }
 
     #[test]
     fn globs_stay_within_a_component() {

@@ -129,6 +129,16 @@ fn oci_archive_is_what_pct_and_skopeo_accept() {
         2 + 1 + 1 + layers.len(),
         "manifest+config+layers"
     );
+    // Every JSON document in it is valid per the OCI schemas.
+    let unpacked = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(file)
+            .arg("-C")
+            .arg(unpacked.path()),
+    );
+    support::validate_layout(unpacked.path());
     // --json: path, size, sha256 — and the checksum files agree with the bytes.
     assert_eq!(report["path"], file.to_str().unwrap());
     assert_eq!(report["size"], fs::metadata(file).unwrap().len());
