@@ -10,6 +10,7 @@ pub mod debian;
 pub mod digest;
 pub mod fetch;
 pub mod layer;
+pub mod net;
 pub mod oci;
 pub mod packages;
 pub mod publish;

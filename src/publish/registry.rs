@@ -8,56 +8,16 @@ use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use reqwest::header::{self, HeaderMap};
+use reqwest::header;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
 use crate::digest::Sha256Digest;
+use crate::net::{self, NetOptions, RetryError, RetryEvent};
 
 use super::auth::{Challenge, Credentials, Secret, parse_challenge};
 use super::error::{PublishError, Result};
-
-/// How transient failures are retried.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    /// Total attempts per operation, the first included.
-    pub max_attempts: u32,
-    /// Delay before the first retry; doubled each time.
-    pub base_delay: Duration,
-    /// Upper bound of the exponential delay.
-    pub max_delay: Duration,
-    /// Upper bound on a registry's `Retry-After`.
-    pub max_retry_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 6,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(20),
-            max_retry_after: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RetryPolicy {
-    fn delay(&self, attempt: u32, err: &PublishError) -> Duration {
-        if let Some(ra) = err.retry_after() {
-            return ra.min(self.max_retry_after);
-        }
-        let exp = self.base_delay.saturating_mul(1 << (attempt - 1).min(16));
-        let capped = exp.min(self.max_delay);
-        // Up to 25% jitter so parallel CI jobs do not retry in lockstep.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        capped + capped.mul_f64(f64::from(nanos % 1000) / 4000.0)
-    }
-}
 
 /// Outcome of a blob push.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +80,7 @@ pub(crate) struct Registry {
     discovery: tokio::sync::Mutex<bool>,
     /// One token fetch at a time: parallel requests for the same scope share its result.
     token_fetch: tokio::sync::Mutex<()>,
-    retry: RetryPolicy,
+    net: NetOptions,
     chunk_size: usize,
 }
 
@@ -133,43 +93,21 @@ fn short_url(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_string()
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
 impl Registry {
-    /// A client for `host` spoken to over `scheme` (`http` or `https`).
+    /// A client for `host` spoken to over plain HTTP or HTTPS.
     pub fn new(
         host: &str,
         plain_http: bool,
         creds: Option<Credentials>,
-        retry: RetryPolicy,
+        opts: &NetOptions,
         chunk_size: usize,
-        timeout: Duration,
     ) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("hakim/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(timeout)
-            .build()
-            .map_err(|e| PublishError::Transport {
-                method: "init".into(),
-                url: host.into(),
-                detail: error_chain(&e),
-                transient: false,
-            })?;
+        let http = opts.client().map_err(|e| PublishError::Transport {
+            method: "init".into(),
+            url: host.into(),
+            detail: net::error_chain(&e),
+            transient: false,
+        })?;
         let scheme = if plain_http { "http" } else { "https" };
         Ok(Self {
             http,
@@ -179,7 +117,7 @@ impl Registry {
             auth: Mutex::new(AuthState::default()),
             discovery: tokio::sync::Mutex::new(false),
             token_fetch: tokio::sync::Mutex::new(()),
-            retry,
+            net: opts.clone(),
             chunk_size,
         })
     }
@@ -190,23 +128,16 @@ impl Registry {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_transient() && attempt < self.retry.max_attempts => {
-                    tokio::time::sleep(self.retry.delay(attempt, &e)).await;
-                    attempt += 1;
-                }
-                Err(e) if e.is_transient() && attempt > 1 => {
-                    return Err(PublishError::RetriesExhausted {
-                        operation: operation.to_string(),
-                        attempts: attempt,
-                        last: Box::new(e),
-                    });
-                }
-                Err(e) => return Err(e),
+        match self.net.retry(operation, |_| op()).await {
+            Ok(v) => Ok(v),
+            Err(RetryError::Exhausted { attempts, last }) if attempts > 1 => {
+                Err(PublishError::RetriesExhausted {
+                    operation: operation.to_string(),
+                    attempts,
+                    last: Box::new(last),
+                })
             }
+            Err(RetryError::Exhausted { last: e, .. } | RetryError::Fatal(e)) => Err(e),
         }
     }
 
@@ -294,7 +225,7 @@ impl Registry {
         let resp = rb.send().await.map_err(|e| PublishError::Transport {
             method: "GET".into(),
             url: short_url(realm),
-            detail: error_chain(&e.without_url()),
+            detail: self.net.describe(&e.without_url()),
             transient: true,
         })?;
         let status = resp.status();
@@ -308,7 +239,7 @@ impl Registry {
                 ),
             ));
         }
-        let retry_after = parse_retry_after(resp.headers());
+        let retry_after = net::retry_after(resp.headers());
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
             return Err(PublishError::Status {
@@ -324,7 +255,7 @@ impl Registry {
             url: short_url(realm),
             detail: format!(
                 "unreadable token response: {}",
-                error_chain(&e.without_url())
+                net::error_chain(&e.without_url())
             ),
             transient: true,
         })?;
@@ -363,7 +294,7 @@ impl Registry {
             method: req.method.to_string(),
             url: short_url(&req.url),
             transient: !e.is_builder(),
-            detail: error_chain(&e.without_url()),
+            detail: self.net.describe(&e.without_url()),
         })
     }
 
@@ -463,7 +394,7 @@ impl Registry {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
-        let retry_after = parse_retry_after(resp.headers());
+        let retry_after = net::retry_after(resp.headers());
         let body = resp.text().await.unwrap_or_default();
         Err(PublishError::Status {
             method: req.method.to_string(),
@@ -601,9 +532,17 @@ impl Registry {
                         offset += len as u64;
                     }
                     // Resume where the registry says it is instead of resending the whole blob.
-                    Err(e) if e.is_transient() && resumes + 1 < self.retry.max_attempts => {
+                    Err(e) if e.is_transient() && resumes + 1 < self.net.retry.max_attempts => {
                         resumes += 1;
-                        tokio::time::sleep(self.retry.delay(resumes, &e)).await;
+                        let wait = self.net.retry.delay(resumes, e.retry_after());
+                        self.net.retry_log.report(&RetryEvent {
+                            what: &format!("PATCH chunk of {digest} at byte {offset}"),
+                            attempt: resumes,
+                            max_attempts: self.net.retry.max_attempts,
+                            reason: e.to_string(),
+                            wait,
+                        });
+                        tokio::time::sleep(wait).await;
                         match self.upload_status(repo, &location).await {
                             Ok((loc, next)) if next <= size => (location, offset) = (loc, next),
                             // Unknown state: the caller's retry restarts this blob.
