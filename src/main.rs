@@ -438,7 +438,6 @@ async fn run() -> Result<()> {
             let refs =
                 image::variant_refs(&project.root, v, cli::source_date_epoch()?, tag.as_deref());
             let img = rootfs::resolve_image(&paths.out.join("oci"), &v.key, &refs, &arch)?;
-            rootfs::require_bwrap()?;
             let code = {
                 let mounted = MountedImage::mount(&img, &RootfsCache::new(&paths.cache))?;
                 let mut sb = mounted.sandbox(user.as_deref())?;
@@ -453,7 +452,7 @@ async fn run() -> Result<()> {
                     "`{}` has no entrypoint or cmd: give a command after `--`",
                     img.reference
                 );
-                rootfs::sandbox::run_foreground(sb.command(&argv))?
+                rootfs::sandbox::run_foreground(sb.command(&argv)?)?
             };
             std::process::exit(code);
         }

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod archive;
+pub mod diff;
 pub mod entry;
 pub mod install;
 pub mod store;
@@ -312,7 +313,7 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
         let a = &a.value;
         let format = a
             .format
-            .or_else(|| archive::guess_format(&a.url))
+            .or_else(|| ArchiveFormat::guess(&a.url))
             .unwrap_or(ArchiveFormat::Binary);
         let (uid, gid) = owner(a.owner.as_deref())?;
         let dest = rel_path(&a.dest).unwrap_or_default();

@@ -601,7 +601,7 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
                 SpecError::invalid(pos.clone(), &format!("{field}.sha256"), e.to_string())
             })?;
         }
-        if a.value.format.is_none() && crate::layer::archive::guess_format(&a.value.url).is_none() {
+        if a.value.format.is_none() && ArchiveFormat::guess(&a.value.url).is_none() {
             return Err(SpecError::invalid(
                 pos,
                 &format!("{field}.format"),
