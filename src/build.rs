@@ -74,6 +74,8 @@ pub struct BuildOptions {
     pub version: Option<String>,
     /// Make no network requests.
     pub offline: bool,
+    /// Retries, stall timeout and retry reporting of downloads.
+    pub net: crate::net::NetOptions,
 }
 
 /// Git facts recorded in annotations and tag templates.
@@ -277,6 +279,7 @@ pub async fn build(
         store.cas().clone(),
         FetchOptions {
             offline: opts.offline,
+            net: opts.net.clone(),
             ..FetchOptions::default()
         },
     )?;

@@ -157,3 +157,12 @@ impl RetryObserver for Reporter {
         self.line(&format!("retry: {event}"));
     }
 }
+
+/// Retries as plain stderr lines, for commands without a progress display.
+pub struct RetryLines;
+
+impl RetryObserver for RetryLines {
+    fn retrying(&self, event: &RetryEvent<'_>) {
+        eprintln!("retry: {event}");
+    }
+}
