@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::RootfsError;
@@ -169,10 +169,11 @@ impl Sandbox {
             }));
         }
         for b in &self.binds {
-            let normal = Path::new(&b.dest).is_absolute()
-                && Path::new(&b.dest)
-                    .components()
-                    .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+            // Checked as text: `Path::components` would silently drop a `.`.
+            let normal = b.dest.strip_prefix('/').is_some_and(|rest| {
+                rest.split('/')
+                    .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+            });
             if !normal {
                 return Err(SandboxError::BadDest {
                     dest: b.dest.clone(),
@@ -472,7 +473,7 @@ mod tests {
         for backend in [Backend::Bwrap, Backend::Container] {
             let mut s = Sandbox::new(root.path());
             s.backend = backend;
-            for dest in ["rel", "/a/../b", "/./a"] {
+            for dest in ["rel", "/a/../b", "/./a", "/a//b", "/"] {
                 s.binds = vec![Bind {
                     src: "/usr".into(),
                     dest: dest.into(),
