@@ -3,9 +3,9 @@
 use anyhow::Result;
 use clap::Args;
 use hakim::debian::lock::{LOCK_FILE, LockFile};
+use hakim::debian::packages::{LockMode, Resolver};
 use hakim::fetch::{FetchOptions, Fetcher};
 use hakim::layer::store::LayerStore;
-use hakim::packages::{LockMode, Resolver};
 
 use super::{
     Paths,

@@ -3,9 +3,9 @@
 use anyhow::Result;
 use clap::Args;
 use hakim::debian::lock::LOCK_FILE;
+use hakim::debian::packages;
 use hakim::fetch::{FetchOptions, Fetcher};
 use hakim::layer::store::LayerStore;
-use hakim::packages;
 
 use super::{Paths, exit::Status, print_json};
 
