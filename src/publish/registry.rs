@@ -93,6 +93,12 @@ fn short_url(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_string()
 }
 
+/// The start of an error response's body, for the error message.
+async fn body_excerpt(resp: reqwest::Response) -> String {
+    let body = resp.text().await.unwrap_or_default();
+    body.chars().take(300).collect::<String>().trim().to_string()
+}
+
 impl Registry {
     /// A client for `host` spoken to over plain HTTP or HTTPS.
     pub fn new(
@@ -241,12 +247,11 @@ impl Registry {
         }
         let retry_after = net::retry_after(resp.headers());
         if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
             return Err(PublishError::Status {
                 method: "GET".into(),
                 url: short_url(realm),
                 status: status.as_u16(),
-                detail: body.chars().take(300).collect(),
+                detail: body_excerpt(resp).await,
                 retry_after,
             });
         }
@@ -373,16 +378,10 @@ impl Registry {
             resp
         };
         if resp.status() == StatusCode::FORBIDDEN {
-            let body = resp.text().await.unwrap_or_default();
             return Err(PublishError::Denied {
                 registry: self.host.clone(),
                 repository: repo.to_string(),
-                detail: body
-                    .chars()
-                    .take(300)
-                    .collect::<String>()
-                    .trim()
-                    .to_string(),
+                detail: body_excerpt(resp).await,
             });
         }
         Ok(resp)
@@ -395,17 +394,11 @@ impl Registry {
         }
         let status = resp.status().as_u16();
         let retry_after = net::retry_after(resp.headers());
-        let body = resp.text().await.unwrap_or_default();
         Err(PublishError::Status {
             method: req.method.to_string(),
             url: short_url(&req.url),
             status,
-            detail: body
-                .chars()
-                .take(300)
-                .collect::<String>()
-                .trim()
-                .to_string(),
+            detail: body_excerpt(resp).await,
             retry_after,
         })
     }
