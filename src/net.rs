@@ -4,8 +4,10 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt as _;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
@@ -56,10 +58,71 @@ impl NetOptions {
         client(self.stall_timeout)
     }
 
+    /// A client for [`NetOptions::send_body`]: without a read timeout, which would also fire
+    /// while a slow upload is still flowing, since the answer only starts after the body.
+    pub fn upload_client(&self) -> Result<reqwest::Client, reqwest::Error> {
+        client_builder(self.stall_timeout).build()
+    }
+
     /// Why a request failed, naming a stall as such; see [`describe`].
     pub fn describe(&self, e: &reqwest::Error) -> String {
         describe(e, self.stall_timeout)
     }
+
+    /// Send `rb` (from [`NetOptions::upload_client`]) with `body`, failing it as
+    /// [`SendError::UploadStalled`] when the server takes no body bytes, or after the last one
+    /// sends no answer, for the stall timeout.
+    pub async fn send_body(
+        &self,
+        rb: reqwest::RequestBuilder,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, SendError> {
+        // When the client last took a piece (or found there was none left).
+        let last = Arc::new(Mutex::new(Instant::now()));
+        let mark = last.clone();
+        let pieces: Vec<Option<Vec<u8>>> = body
+            .chunks(UPLOAD_PIECE)
+            .map(|p| Some(p.to_vec()))
+            .chain(std::iter::once(None))
+            .collect();
+        let stream = futures::stream::iter(pieces)
+            .map(move |piece| {
+                *mark.lock().expect("upload clock") = Instant::now();
+                piece
+            })
+            .take_while(|piece| std::future::ready(piece.is_some()))
+            .map(|piece| Ok::<_, std::io::Error>(piece.unwrap_or_default()));
+        let watchdog = async {
+            loop {
+                let idle = last.lock().expect("upload clock").elapsed();
+                if idle >= self.stall_timeout {
+                    return;
+                }
+                tokio::time::sleep(self.stall_timeout - idle).await;
+            }
+        };
+        tokio::select! {
+            r = rb.body(reqwest::Body::wrap_stream(stream)).send() => r.map_err(SendError::Http),
+            () = watchdog => Err(SendError::UploadStalled(self.stall_timeout)),
+        }
+    }
+}
+
+/// Bytes handed to the HTTP client at a time; its requests for more are the upload's progress.
+const UPLOAD_PIECE: usize = 64 * 1024;
+
+/// Why [`NetOptions::send_body`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The request failed as any request can.
+    #[error("{}", error_chain(.0))]
+    Http(reqwest::Error),
+    /// The server stopped taking the request body.
+    #[error(
+        "stalled: the server took no body bytes and sent no answer for {:.1}s (stall timeout; set {STALL_TIMEOUT_ENV} to change it)",
+        .0.as_secs_f64()
+    )]
+    UploadStalled(Duration),
 }
 
 /// How transient failures are retried.
@@ -284,11 +347,13 @@ pub fn describe(e: &reqwest::Error, stall: Duration) -> String {
 /// An HTTP client whose requests time out when no byte arrives for `stall`, however long a
 /// transfer that keeps flowing takes.
 pub fn client(stall: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    client_builder(stall).read_timeout(stall).build()
+}
+
+fn client_builder(stall: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("hakim/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(CONNECT_TIMEOUT.min(stall.max(Duration::from_secs(1))))
-        .read_timeout(stall)
-        .build()
 }
 
 /// Parse a stall timeout given in (possibly fractional) seconds, e.g. from [`STALL_TIMEOUT_ENV`].

@@ -13,6 +13,8 @@ use reqwest::header;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
+use std::time::Duration;
+
 use crate::digest::Sha256Digest;
 use crate::net::{self, NetOptions, RetryError, RetryEvent};
 
@@ -71,6 +73,8 @@ impl Req {
 /// One registry host, with its credentials and cached auth.
 pub(crate) struct Registry {
     http: reqwest::Client,
+    /// For requests with a body; see [`NetOptions::send_body`].
+    upload_http: reqwest::Client,
     host: String,
     base: String,
     creds: Option<Credentials>,
@@ -94,9 +98,15 @@ fn short_url(url: &str) -> String {
 }
 
 /// The start of an error response's body, for the error message.
-async fn body_excerpt(resp: reqwest::Response) -> String {
-    let body = resp.text().await.unwrap_or_default();
-    body.chars().take(300).collect::<String>().trim().to_string()
+async fn body_excerpt(resp: reqwest::Response, stall: Duration) -> String {
+    // Bounded: the upload client has no read timeout of its own.
+    let body = tokio::time::timeout(stall, resp.text()).await;
+    let body = body.ok().and_then(Result::ok).unwrap_or_default();
+    body.chars()
+        .take(300)
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 impl Registry {
@@ -108,7 +118,8 @@ impl Registry {
         opts: &NetOptions,
         chunk_size: usize,
     ) -> Result<Self> {
-        let http = opts.client().map_err(|e| PublishError::Transport {
+        let http = opts.client().and_then(|c| Ok((c, opts.upload_client()?)));
+        let (http, upload_http) = http.map_err(|e| PublishError::Transport {
             method: "init".into(),
             url: host.into(),
             detail: net::error_chain(&e),
@@ -117,6 +128,7 @@ impl Registry {
         let scheme = if plain_http { "http" } else { "https" };
         Ok(Self {
             http,
+            upload_http,
             host: host.to_string(),
             base: format!("{scheme}://{host}"),
             creds,
@@ -251,7 +263,7 @@ impl Registry {
                 method: "GET".into(),
                 url: short_url(realm),
                 status: status.as_u16(),
-                detail: body_excerpt(resp).await,
+                detail: body_excerpt(resp, self.net.stall_timeout).await,
                 retry_after,
             });
         }
@@ -275,7 +287,12 @@ impl Registry {
     }
 
     async fn send_once(&self, req: &Req, auth: Option<&str>) -> Result<reqwest::Response> {
-        let mut rb = self.http.request(req.method.clone(), &req.url);
+        let client = if req.body.is_some() {
+            &self.upload_http
+        } else {
+            &self.http
+        };
+        let mut rb = client.request(req.method.clone(), &req.url);
         if let Some(a) = auth {
             rb = rb.header(header::AUTHORIZATION, a);
         }
@@ -285,8 +302,25 @@ impl Registry {
         for (k, v) in &req.extra {
             rb = rb.header(k, v);
         }
+        let transport = |transient: bool, detail: String| PublishError::Transport {
+            method: req.method.to_string(),
+            url: short_url(&req.url),
+            transient,
+            detail,
+        };
+        let http =
+            |e: reqwest::Error| transport(!e.is_builder(), self.net.describe(&e.without_url()));
         match &req.body {
-            Some(b) => rb = rb.header(header::CONTENT_LENGTH, b.len()).body(b.clone()),
+            Some(b) => {
+                let rb = rb.header(header::CONTENT_LENGTH, b.len());
+                return match self.net.send_body(rb, b.clone()).await {
+                    Ok(resp) => Ok(resp),
+                    Err(net::SendError::Http(e)) => Err(http(e)),
+                    Err(e @ net::SendError::UploadStalled(_)) => {
+                        Err(transport(true, e.to_string()))
+                    }
+                };
+            }
             None if req.method == Method::PUT
                 || req.method == Method::POST
                 || req.method == Method::PATCH =>
@@ -295,12 +329,7 @@ impl Registry {
             }
             None => {}
         }
-        rb.send().await.map_err(|e| PublishError::Transport {
-            method: req.method.to_string(),
-            url: short_url(&req.url),
-            transient: !e.is_builder(),
-            detail: self.net.describe(&e.without_url()),
-        })
+        rb.send().await.map_err(http)
     }
 
     /// Send once, doing the auth dance on 401; 401 after authenticating and 403 fail fast.
@@ -381,14 +410,19 @@ impl Registry {
             return Err(PublishError::Denied {
                 registry: self.host.clone(),
                 repository: repo.to_string(),
-                detail: body_excerpt(resp).await,
+                detail: body_excerpt(resp, self.net.stall_timeout).await,
             });
         }
         Ok(resp)
     }
 
     /// Fail with a Status error unless the response has one of `ok` statuses.
-    async fn expect(req: &Req, resp: reqwest::Response, ok: &[u16]) -> Result<reqwest::Response> {
+    async fn expect(
+        &self,
+        req: &Req,
+        resp: reqwest::Response,
+        ok: &[u16],
+    ) -> Result<reqwest::Response> {
         if ok.contains(&resp.status().as_u16()) {
             return Ok(resp);
         }
@@ -398,7 +432,7 @@ impl Registry {
             method: req.method.to_string(),
             url: short_url(&req.url),
             status,
-            detail: body_excerpt(resp).await,
+            detail: body_excerpt(resp, self.net.stall_timeout).await,
             retry_after,
         })
     }
@@ -433,7 +467,7 @@ impl Registry {
         match resp.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
-            _ => Self::expect(&req, resp, &[]).await.map(|_| false),
+            _ => self.expect(&req, resp, &[]).await.map(|_| false),
         }
     }
 
@@ -455,7 +489,7 @@ impl Registry {
                 let scopes = vec![push_scope(repo), format!("repository:{from}:pull")];
                 let req = Req::new(Method::POST, url, scopes);
                 let resp = self.send(repo, &req).await?;
-                let resp = Self::expect(&req, resp, &[201, 202]).await?;
+                let resp = self.expect(&req, resp, &[201, 202]).await?;
                 if resp.status().as_u16() == 201 {
                     return Ok(BlobOutcome::Mounted);
                 }
@@ -466,7 +500,7 @@ impl Registry {
                 let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
                 let req = Req::new(Method::POST, url, vec![push_scope(repo)]);
                 let resp = self.send(repo, &req).await?;
-                let resp = Self::expect(&req, resp, &[202]).await?;
+                let resp = self.expect(&req, resp, &[202]).await?;
                 self.location(&req, &resp)?
             }
         };
@@ -516,7 +550,7 @@ impl Registry {
                 ));
                 req.body = Some(chunk);
                 let sent = match self.send(repo, &req).await {
-                    Ok(resp) => Self::expect(&req, resp, &[202]).await,
+                    Ok(resp) => self.expect(&req, resp, &[202]).await,
                     Err(e) => Err(e),
                 };
                 match sent {
@@ -551,7 +585,7 @@ impl Registry {
         req.content_type = Some("application/octet-stream".into());
         req.body = final_body;
         let resp = self.send(repo, &req).await?;
-        let resp = Self::expect(&req, resp, &[201]).await?;
+        let resp = self.expect(&req, resp, &[201]).await?;
         Self::check_digest(&req, &resp, digest)
     }
 
@@ -559,7 +593,7 @@ impl Registry {
     async fn upload_status(&self, repo: &str, location: &str) -> Result<(String, u64)> {
         let req = Req::new(Method::GET, location.to_string(), vec![push_scope(repo)]);
         let resp = self.send(repo, &req).await?;
-        let resp = Self::expect(&req, resp, &[204]).await?;
+        let resp = self.expect(&req, resp, &[204]).await?;
         let next = match resp
             .headers()
             .get(header::RANGE)
@@ -613,7 +647,99 @@ impl Registry {
         req.content_type = Some(media_type.to_string());
         req.body = Some(bytes.to_vec());
         let resp = self.send(repo, &req).await?;
-        let resp = Self::expect(&req, resp, &[200, 201]).await?;
+        let resp = self.expect(&req, resp, &[200, 201]).await?;
         Self::check_digest(&req, &resp, digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::time::Duration;
+
+    /// Issue 13 item 12, upload side: a registry that stops reading a request body mid-way is
+    /// detected by the stall timeout, which a read timeout alone never fires for.
+    #[tokio::test]
+    async fn a_registry_that_stops_reading_the_body_is_a_stall() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(sock);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let mut some = [0u8; 1024];
+            std::io::Read::read_exact(&mut r, &mut some).unwrap();
+            // Silent for 60x the stall timeout, holding the connection open.
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        let net = NetOptions {
+            stall_timeout: Duration::from_millis(500),
+            ..NetOptions::default()
+        };
+        let reg = Registry::new(&host, true, None, &net, 4 << 20).unwrap();
+        // Far more than the socket buffers of both ends hold.
+        let body = vec![7u8; 64 << 20];
+        let digest = Sha256Digest::of(&body);
+        let err = reg
+            .put_manifest("ns/x", "latest", "application/octet-stream", &body, &digest)
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_transient(), "{msg}");
+        assert!(
+            matches!(&err, PublishError::Transport { method, .. } if method == "PUT"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("stalled: the server took no body bytes and sent no answer for 0.5s"),
+            "{msg}"
+        );
+    }
+
+    /// The other half: an upload that keeps flowing for longer than the stall timeout completes;
+    /// only silence counts, not total time. The server reads 64 KiB per 10 ms; the client sees
+    /// that progress in bursts as the socket buffers drain, ~0.2 s apart, 10x under the timeout.
+    #[tokio::test]
+    async fn a_slow_but_flowing_upload_is_not_a_stall() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let body = vec![7u8; 32 << 20];
+        let digest = Sha256Digest::of(&body);
+        let len = body.len();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(sock.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let mut piece = vec![0u8; 64 << 10];
+            let mut got = 0;
+            while got < len {
+                let n = std::io::Read::read(&mut r, &mut piece).unwrap();
+                assert!(n > 0, "client hung up after {got} bytes");
+                got += n;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let answer = format!(
+                "HTTP/1.1 201 Created\r\nDocker-Content-Digest: {}\r\nContent-Length: 0\r\n\r\n",
+                digest.oci()
+            );
+            std::io::Write::write_all(&mut &sock, answer.as_bytes()).unwrap();
+            got
+        });
+        let net = NetOptions {
+            stall_timeout: Duration::from_secs(2),
+            ..NetOptions::default()
+        };
+        let reg = Registry::new(&host, true, None, &net, 4 << 20).unwrap();
+        reg.put_manifest("ns/x", "latest", "application/octet-stream", &body, &digest)
+            .await
+            .unwrap();
+        assert_eq!(server.join().unwrap(), len);
     }
 }
