@@ -363,7 +363,7 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
-        return Err(format!("`{s}`: give between 0 and 86400 seconds"));
+        return Err(format!("`{s}`: give more than 0 and at most 86400 seconds"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
