@@ -2,6 +2,7 @@
 //!
 //! Everything is checked before anything is built, so a bad input never reaches the output.
 
+pub mod check;
 mod error;
 mod types;
 
@@ -269,7 +270,7 @@ fn resolve_variant(
         key: key.to_string(),
         name: String::new(),
         file: file.clone(),
-        description: own.description.clone(),
+        description: own.description.as_ref().map(|d| d.value.clone()),
         archs: vec!["amd64".to_string()],
         compression: Compression::Gzip,
         debian: DebianSettings::default(),
@@ -293,6 +294,13 @@ fn resolve_variant(
         };
         apply(&mut v, &path, &f, layers)?;
     }
+    if v.layers.is_empty() {
+        return Err(SpecError::invalid(
+            SourcePos::file(file),
+            "layers",
+            "a variant needs at least one layer (own, inherited with `from:`, or `top_layers:`)",
+        ));
+    }
     v.name = match &own.name {
         Some(n) => {
             check_image_name(&n.value)
@@ -314,7 +322,7 @@ fn empty_variant_file() -> VariantFile {
         archs: None,
         compression: None,
         debian: None,
-        config: ImageConfigSpec::default(),
+        config: None,
         tags: None,
         tests: Vec::new(),
     }
@@ -385,7 +393,15 @@ fn apply(
     if let Some(d) = &f.debian {
         merge_debian(&mut v.debian, d);
     }
-    merge_config(&mut v.config, &f.config);
+    if let Some(d) = &f.description {
+        check::text("description", &d.value)
+            .map_err(|(f, m)| SpecError::invalid(SourcePos::at(path, d.referenced), &f, m))?;
+    }
+    if let Some(c) = &f.config {
+        check::config(&c.value)
+            .map_err(|(f, m)| SpecError::invalid(SourcePos::at(path, c.referenced), &f, m))?;
+        merge_config(&mut v.config, &c.value);
+    }
     if let Some(tags) = &f.tags {
         let mut seen = BTreeSet::new();
         v.tags.clear();
@@ -563,6 +579,10 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
     for (i, d) in spec.directories.iter().enumerate() {
         let pos = at(d.referenced);
         check_image_path(&d.value.path)
+            .and_then(|()| match entry_root(&d.value.path) {
+                true => Err("`/` is the image root and always exists; name a directory below it".into()),
+                false => Ok(()),
+            })
             .map_err(|m| SpecError::invalid(pos.clone(), &format!("directories[{i}].path"), m))?;
         if let Some(o) = &d.value.owner {
             check_owner(o)
@@ -632,30 +652,13 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
         }
     }
     if let Some(acc) = &spec.accounts {
-        let mut names = BTreeSet::new();
-        for g in &acc.groups {
-            if !valid_account_name(&g.name) || !names.insert(("g", g.name.clone())) {
-                return Err(SpecError::invalid(
-                    SourcePos::file(file),
-                    "accounts.groups",
-                    format!("invalid or duplicate group `{}`", g.name),
-                ));
-            }
-        }
-        for u in &acc.users {
-            if !valid_account_name(&u.name) || !names.insert(("u", u.name.clone())) {
-                return Err(SpecError::invalid(
-                    SourcePos::file(file),
-                    "accounts.users",
-                    format!("invalid or duplicate user `{}`", u.name),
-                ));
-            }
-            if let Some(h) = &u.home {
-                check_image_path(h).map_err(|m| {
-                    SpecError::invalid(SourcePos::file(file), "accounts.users.home", m)
-                })?;
-            }
-        }
+        check::accounts(&acc.value).map_err(|(f, m)| {
+            SpecError::invalid(at(acc.referenced), &format!("accounts.{f}"), m)
+        })?;
+    }
+    if let Some(d) = &spec.description {
+        check::text("description", d)
+            .map_err(|(f, m)| SpecError::invalid(SourcePos::file(file), &f, m))?;
     }
     for p in &spec.packages {
         let ok = !p.value.is_empty()
@@ -673,10 +676,7 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
     Ok(())
 }
 
-fn valid_account_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 32
-        && n.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b))
-        && !n.as_bytes()[0].is_ascii_digit()
+/// Whether an in-image path names the root directory itself (`/`, `//`, `/.`).
+fn entry_root(p: &str) -> bool {
+    p.split('/').all(|c| c.is_empty() || c == ".")
 }
