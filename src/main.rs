@@ -161,6 +161,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() {
+    if let Err(e) = hakim::janitor::install_signal_cleanup() {
+        eprintln!("warning: cannot handle SIGTERM/SIGINT cleanly: {e}");
+    }
     if let Err(e) = run().await {
         eprintln!("error: {}", render_error(&e));
         std::process::exit(1);

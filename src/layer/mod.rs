@@ -4,6 +4,8 @@ pub mod accounts;
 pub mod archive;
 pub mod entry;
 pub mod install;
+pub mod integrity;
+mod parents;
 pub mod store;
 pub mod tarball;
 pub mod walk;
@@ -246,7 +248,7 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
     let mut homes = Vec::new();
     if let (Some(spec), Some(lower_db)) = (&layer.spec.accounts, &db) {
         let (merged, h) =
-            accounts::merge(lower_db, spec, inp.epoch).map_err(|source| LayerError::Accounts {
+            accounts::merge(lower_db, &spec.value, inp.epoch).map_err(|source| LayerError::Accounts {
                 layer: name.clone(),
                 source,
             })?;
@@ -355,6 +357,7 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
             source,
         })?;
     }
+    parents::check(&tree, inp.lower, &layer.spec).map_err(invalid)?;
     tree.adopt_lower_dirs(|p| inp.lower.meta(p));
     Ok(tree)
 }

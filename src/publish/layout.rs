@@ -228,19 +228,8 @@ fn walk(
                     continue;
                 }
                 let path = blob_path(dir, &blob.digest);
-                let meta = fs::metadata(&path)
-                    .map_err(|e| layout_err(dir, format!("{}: {e}", path.display())))?;
-                if meta.len() != blob.size {
-                    return Err(layout_err(
-                        dir,
-                        format!(
-                            "blob {} has {} bytes, descriptor says {}",
-                            blob.digest,
-                            meta.len(),
-                            blob.size
-                        ),
-                    ));
-                }
+                crate::cache::verify_file(&path, &blob.digest, blob.size)
+                    .map_err(|e| layout_err(dir, e.to_string()))?;
                 plan.blobs.push(blob);
             }
         }
