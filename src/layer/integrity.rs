@@ -120,6 +120,15 @@ pub struct VerifyReport {
     pub removed: Vec<Removed>,
 }
 
+/// `hakim cache verify`: open the layer cache under `cache_dir` and check all of it.
+pub fn verify_cache(cache_dir: &Path) -> Result<VerifyReport, super::store::StoreError> {
+    let store = LayerStore::open(cache_dir)?;
+    verify_all(&store).map_err(|source| super::store::StoreError::Io {
+        path: cache_dir.to_path_buf(),
+        source,
+    })
+}
+
 /// Re-hash every blob and every layer's uncompressed content; evict what is bad.
 pub fn verify_all(store: &LayerStore) -> io::Result<VerifyReport> {
     let mut report = VerifyReport::default();

@@ -2,14 +2,12 @@
 //! `Project::load` accepts must build into a layout that `umoci unpack` reads, with the
 //! account databases still one well-formed line per entry.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
 use proptest::prelude::*;
-use support::*;
+use crate::support::*;
 
 /// Characters that matter to the formats involved, plus ordinary ones.
 fn text() -> impl Strategy<Value = String> {

@@ -5,14 +5,12 @@
 //! The rootfs layers here run a `run:` step over a busybox base: the same overlay +
 //! bubblewrap machinery as a package layer, without needing the Debian mirror.
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 /// A project: `bb` (busybox base), `slow` (a run step that sleeps), `big` (a run step
 /// writing a large incompressible file, so sealing takes a while).
@@ -259,7 +257,7 @@ fn a_full_disk_leaves_no_partial_blob_and_the_next_build_works() {
     // Noise does not compress: 8 MiB cannot fit in what is left of 6 MiB.
     let big = s.project().join("layers/files/rootfs/opt/noise");
     fs::create_dir_all(big.parent().unwrap()).unwrap();
-    fs::write(&big, support::layout::noise(8 << 20, 7)).unwrap();
+    fs::write(&big, crate::support::layout::noise(8 << 20, 7)).unwrap();
     let err = run_err(&mut hakim("base"));
     assert!(err.contains("No space left on device"), "{err}");
     assert_eq!(temp_entries(&small.0), Vec::<PathBuf>::new(), "partial files left");

@@ -3,14 +3,12 @@
 //! bad input fails with file:line:col and field and leaves the layout as it was; whatever
 //! is accepted is read back by umoci, tar and skopeo.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 /// The layout, if the build got as far as creating it, has no refs.
 fn assert_no_refs(s: &Scratch) {
@@ -370,6 +368,29 @@ fn corrupt_layer_cache_entries_are_rebuilt_never_reused() {
     skopeo_copy_check(&s);
     let root = umoci_unpack(&s.layout(), "test-base:latest", &s.dir.path().join("b"));
     assert!(root.join("etc/app/app.conf").is_file());
+
+    // `hakim cache verify` finds a flipped byte by itself and evicts the entry.
+    let blobs = cached_layer_blobs(&s);
+    flip(&blobs[1]);
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_hakim"))
+            .arg("--cache-dir")
+            .arg(s.cache())
+            .args(["cache", "verify", "--json"]),
+    );
+    let report = json(&out);
+    let removed: Vec<String> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect();
+    let name = blobs[1].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(removed.iter().any(|p| p.ends_with(&name)), "{report}");
+    assert!(!blobs[1].exists());
+    assert!(report["layers"].as_u64().unwrap() >= 2, "{report}");
+    assert_eq!(cached_flags(&s), [true, false]);
+    skopeo_copy_check(&s);
 }
 
 /// skopeo copies the image, which checks every blob digest.

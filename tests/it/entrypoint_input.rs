@@ -4,13 +4,8 @@
 //! Same bubblewrap harness as `tests/entrypoint.rs`: root, bwrap, a fake Coder server on
 //! 127.0.0.1.
 
-#[path = "support/fake_coder.rs"]
-mod fake_coder;
-
-#[path = "support/entrypoint_harness.rs"]
-mod entrypoint_harness;
-
-use entrypoint_harness::*;
+use crate::support::entrypoint_harness::*;
+use crate::support::fake_coder;
 use fake_coder::{FakeCoder, Options};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
