@@ -63,8 +63,9 @@ struct Item {
 /// Sweep leftovers, then (with `keep`) remove least recently used entries until the cache
 /// holds at most `keep` bytes.
 pub fn prune(cache_dir: &Path, keep: Option<u64>) -> io::Result<PruneReport> {
-    let store = LayerStore::open(cache_dir).map_err(io::Error::other)?;
+    // Sweep before opening the store (which would sweep too, without telling us).
     let swept = crate::janitor::sweep(cache_dir, &[]);
+    let store = LayerStore::open(cache_dir).map_err(io::Error::other)?;
     let mut report = PruneReport {
         leftovers: swept.removed.len(),
         unmounted: swept.unmounted.len(),

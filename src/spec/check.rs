@@ -97,6 +97,35 @@ pub fn accounts(acc: &AccountsSpec) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Whether `s` fits the OCI image-spec `ref.name` component grammar with separators
+/// from `seps`: alphanumeric runs joined by one separator or `--`. A layout ref that breaks
+/// it (e.g. tag `1._-.q`) is refused by umoci.
+pub fn ref_component(s: &str, seps: &[u8]) -> bool {
+    let b = s.as_bytes();
+    let (Some(first), Some(last)) = (b.first(), b.last()) else {
+        return false;
+    };
+    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
+        return false;
+    }
+    let mut run = 0;
+    for (i, c) in b.iter().enumerate() {
+        if c.is_ascii_alphanumeric() {
+            run = 0;
+            continue;
+        }
+        if !seps.contains(c) {
+            return false;
+        }
+        run += 1;
+        let double_dash = run == 2 && *c == b'-' && b[i - 1] == b'-';
+        if run > 1 && !double_dash {
+            return false;
+        }
+    }
+    true
+}
+
 /// Signal names a runtime maps to a number (`SIGTERM`, `SIGRTMIN+3`) or a plain number.
 pub fn signal(s: &str) -> bool {
     const NAMES: &[&str] = &[
@@ -201,6 +230,16 @@ mod tests {
         }
         for bad in ["", "..", ".", "-x", "1a", "A", "a:b", "a\nb", "$", &"a".repeat(33)] {
             assert!(!account_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ref_names_follow_the_oci_grammar() {
+        for ok in ["latest", "1.0", "sha-abc1234", "a--b", "v1_2", "20240101"] {
+            assert!(ref_component(ok, b"._-"), "{ok}");
+        }
+        for bad in ["1._-.q", "_x", "x.", "a..b", "a---b", "", "-a", "a__b", "a:b"] {
+            assert!(!ref_component(bad, b"._-"), "{bad}");
         }
     }
 

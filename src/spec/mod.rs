@@ -475,13 +475,13 @@ pub fn check_image_name(name: &str) -> Result<(), String> {
                 && part
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-                && part.as_bytes()[0].is_ascii_alphanumeric()
+                && check::ref_component(part, b"._-")
         });
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "`{name}` is not a valid image name (lowercase letters, digits, `.`, `_`, `-`)"
+            "`{name}` is not a valid image name (lowercase letters and digits, joined by single `.`, `_`, `-` or `--`)"
         ))
     }
 }
@@ -510,18 +510,12 @@ pub fn check_tag_template(tag: &str) -> Result<(), String> {
         rest = &rest[end + 1..];
     }
     literal.push_str(rest);
-    let valid = !literal.is_empty()
-        && literal.len() <= 128
-        && literal.as_bytes()[0] != b'.'
-        && literal.as_bytes()[0] != b'-'
-        && literal
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    let valid = literal.len() <= 128 && check::ref_component(&literal, b"._-");
     if valid {
         Ok(())
     } else {
         Err(format!(
-            "`{tag}` is not a valid tag ([A-Za-z0-9_.-], at most 128)"
+            "`{tag}` is not a valid tag: letters and digits joined by single `.`, `_`, `-` (or `--`), at most 128, as OCI layout ref names require"
         ))
     }
 }

@@ -9,14 +9,19 @@ use std::process::Command;
 use proptest::prelude::*;
 use crate::support::*;
 
-/// Characters that matter to the formats involved, plus ordinary ones.
-fn text() -> impl Strategy<Value = String> {
+/// Characters that matter to the formats involved (`:`, line breaks, NUL, `=`, `/`, `.`).
+fn hostile() -> impl Strategy<Value = String> {
     prop_oneof![
-        3 => "[a-z_][a-z0-9_-]{0,6}",
-        2 => "/[a-z]{1,5}(/[a-z.]{1,4}){0,2}",
-        2 => "[a-zA-Z0-9 :/.\n\r\t=${}_-]{0,10}",
-        1 => "[\\x00-\\x7f]{0,6}",
+        "[a-zA-Z0-9 :/.\n\r\t=${}_-]{0,10}",
+        "[\\x00-\\x7f]{0,6}",
+        "/[a-z]{1,4}[:\n=.]{1,2}[a-z]{0,3}",
     ]
+}
+
+/// Mostly plausible values, sometimes hostile ones, so that both sides of validation
+/// are reached in every run.
+fn field(plausible: &'static str) -> impl Strategy<Value = String> {
+    prop_oneof![9 => plausible, 1 => hostile()]
 }
 
 #[derive(Debug, Clone)]
@@ -33,9 +38,16 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
+    let name = "[a-z_][a-z0-9_-]{0,6}";
+    let path = "/[a-z]{1,5}(/[a-z][a-z.]{0,3}){0,2}";
     (
-        (text(), text(), text(), text(), text()),
-        (text(), text(), text(), text()),
+        (field(name), field(name), field(path), field(path), field("[A-Za-z0-9 ,.]{0,12}")),
+        (
+            field("[A-Za-z0-9_][A-Za-z0-9_.-]{0,10}"),
+            field("[A-Za-z_][A-Za-z0-9_.]{0,8}"),
+            field("[ -~]{0,12}"),
+            field(path),
+        ),
     )
         .prop_map(|((user, group, home, shell, comment), (tag, env_key, env_value, dir))| Case {
             user,
@@ -118,19 +130,34 @@ fn check_built(work: &Path, project: &Path, c: &Case) {
     assert!(root.join(dir).is_dir(), "{} missing", c.dir);
 }
 
-proptest! {
+#[test]
+fn accepted_inputs_build_into_layouts_umoci_reads() {
+    use proptest::test_runner::{Config, TestRunner};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     // Every accepted case is a real build plus umoci unpack; keep it to 2 shared cores.
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn accepted_inputs_build_into_layouts_umoci_reads(c in case()) {
-        let work = tempfile::tempdir().unwrap();
-        let project = work.path().join("project");
-        write_project(&project, &c);
-        if hakim::spec::Project::load(&project).is_ok() {
-            check_built(work.path(), &project, &c);
-        }
-    }
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let (accepted, refused) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let work = tempfile::tempdir().unwrap();
+    runner
+        .run(&case(), |c| {
+            let project = work.path().join("project");
+            let _ = fs::remove_dir_all(&project);
+            write_project(&project, &c);
+            if hakim::spec::Project::load(&project).is_ok() {
+                check_built(work.path(), &project, &c);
+                accepted.fetch_add(1, Ordering::Relaxed);
+            } else {
+                refused.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (a, r) = (accepted.into_inner(), refused.into_inner());
+    assert!(a > 0 && r > 0, "the cases must reach both sides: {a} accepted, {r} refused");
 }
 
 /// The generator does reach the accepting side (otherwise the property above is vacuous).
