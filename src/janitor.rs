@@ -325,7 +325,9 @@ pub fn install_signal_cleanup() -> io::Result<()> {
         let mut s = signal(kind)?;
         tokio::spawn(async move {
             if s.recv().await.is_some() {
-                let report = tokio::task::spawn_blocking(cleanup_own).await.unwrap_or_default();
+                let report = tokio::task::spawn_blocking(cleanup_own)
+                    .await
+                    .unwrap_or_default();
                 eprintln!(
                     "hakim: interrupted; removed {} temp entries and {} mounts",
                     report.removed.len(),
@@ -364,7 +366,8 @@ mod tests {
         // A dead session: lock file present, nobody holds it.
         File::create(sessions_dir(cache.path()).join(format!("{dead_id}.lock"))).unwrap();
         // A live one: we hold its lock through another descriptor.
-        let live = File::create(sessions_dir(cache.path()).join(format!("{live_id}.lock"))).unwrap();
+        let live =
+            File::create(sessions_dir(cache.path()).join(format!("{live_id}.lock"))).unwrap();
         flock(&live, libc::LOCK_EX).unwrap();
         for id in [dead_id, live_id, session_id()] {
             fs::write(blobs_tmp.join(format!(".tmp-{id}-x")), b"partial").unwrap();
@@ -376,9 +379,20 @@ mod tests {
         assert!(!cache.path().join(format!("tmp/layer-{dead_id}-y")).exists());
         assert!(blobs_tmp.join(format!(".tmp-{live_id}-x")).exists());
         assert!(blobs_tmp.join(format!(".tmp-{}-x", session_id())).exists());
-        assert!(!sessions_dir(cache.path()).join(format!("{dead_id}.lock")).exists());
-        assert!(sessions_dir(cache.path()).join(format!("{live_id}.lock")).exists());
+        assert!(
+            !sessions_dir(cache.path())
+                .join(format!("{dead_id}.lock"))
+                .exists()
+        );
+        assert!(
+            sessions_dir(cache.path())
+                .join(format!("{live_id}.lock"))
+                .exists()
+        );
         let own = cleanup_own();
-        assert!(!blobs_tmp.join(format!(".tmp-{}-x", session_id())).exists(), "{own:?}");
+        assert!(
+            !blobs_tmp.join(format!(".tmp-{}-x", session_id())).exists(),
+            "{own:?}"
+        );
     }
 }

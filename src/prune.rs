@@ -23,7 +23,10 @@ pub struct BadSize(pub String);
 /// Parse `10GB`, `500M`, `1.5G` or a plain number of bytes (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, BadSize> {
     let t = s.trim().to_ascii_uppercase();
-    let t = t.strip_suffix("IB").or_else(|| t.strip_suffix('B')).unwrap_or(&t);
+    let t = t
+        .strip_suffix("IB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(&t);
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let exp = "KMGT".find(c).ok_or_else(|| BadSize(s.into()))? as i32 + 1;

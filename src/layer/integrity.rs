@@ -50,7 +50,11 @@ pub fn stamp(store: &LayerStore, key: &Sha256Digest, blob: &LayerBlob) {
 }
 
 /// Why a cache entry cannot be reused.
-pub fn check_reuse(store: &LayerStore, key: &Sha256Digest, rec: &LayerRecord) -> Result<(), String> {
+pub fn check_reuse(
+    store: &LayerStore,
+    key: &Sha256Digest,
+    rec: &LayerRecord,
+) -> Result<(), String> {
     let path = store.cas().path(&rec.blob.digest);
     let now = Stamp::of(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     if now.size != rec.blob.size {
@@ -92,10 +96,9 @@ fn digest_ok(store: &LayerStore, blob: &LayerBlob) -> Result<(), String> {
     match store.cas().check(&blob.digest) {
         Ok(BlobState::Good) => Ok(()),
         Ok(BlobState::Missing) => Err(format!("blob {} is missing", blob.digest)),
-        Ok(BlobState::Removed { actual }) => Err(format!(
-            "blob {} hashed to {actual}; removed",
-            blob.digest
-        )),
+        Ok(BlobState::Removed { actual }) => {
+            Err(format!("blob {} hashed to {actual}; removed", blob.digest))
+        }
         Err(e) => Err(e.to_string()),
     }
 }
@@ -198,7 +201,10 @@ fn verify_layer(store: &LayerStore, key: &Sha256Digest) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))?
         .len();
     if size != rec.blob.size {
-        return Err(format!("blob has {size} bytes, the record says {}", rec.blob.size));
+        return Err(format!(
+            "blob has {size} bytes, the record says {}",
+            rec.blob.size
+        ));
     }
     content_ok(store, &rec)?;
     stamp(store, key, &rec.blob);

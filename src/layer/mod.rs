@@ -247,11 +247,12 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
     }
     let mut homes = Vec::new();
     if let (Some(spec), Some(lower_db)) = (&layer.spec.accounts, &db) {
-        let (merged, h) =
-            accounts::merge(lower_db, &spec.value, inp.epoch).map_err(|source| LayerError::Accounts {
+        let (merged, h) = accounts::merge(lower_db, &spec.value, inp.epoch).map_err(|source| {
+            LayerError::Accounts {
                 layer: name.clone(),
                 source,
-            })?;
+            }
+        })?;
         homes = h;
         db = Some(merged);
     }

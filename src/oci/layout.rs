@@ -99,10 +99,11 @@ impl Layout {
         if keep_existing(src, &dest, d) {
             return Ok(());
         }
-        let tmp = self
-            .dir
-            .join("blobs/sha256")
-            .join(format!("{}{}", crate::janitor::tmp_prefix(), d.hex()));
+        let tmp = self.dir.join("blobs/sha256").join(format!(
+            "{}{}",
+            crate::janitor::tmp_prefix(),
+            d.hex()
+        ));
         let _ = fs::remove_file(&tmp);
         if fs::hard_link(src, &tmp).is_err()
             && let Err(e) = fs::copy(src, &tmp)

@@ -78,7 +78,10 @@ pub fn accounts(acc: &AccountsSpec) -> Result<(), Failure> {
         }
         // Without `gid`, the user gets a group of its own name with gid = uid.
         if u.gid.is_none()
-            && let Some(g) = acc.groups.iter().find(|g| g.name == u.name && g.gid != u.uid)
+            && let Some(g) = acc
+                .groups
+                .iter()
+                .find(|g| g.name == u.name && g.gid != u.uid)
         {
             return Err((
                 at("gid"),
@@ -228,7 +231,18 @@ mod tests {
         for ok in ["coder", "_x", "a-b_1", "machine$", &"a".repeat(32)] {
             assert!(account_name(ok), "{ok}");
         }
-        for bad in ["", "..", ".", "-x", "1a", "A", "a:b", "a\nb", "$", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "..",
+            ".",
+            "-x",
+            "1a",
+            "A",
+            "a:b",
+            "a\nb",
+            "$",
+            &"a".repeat(33),
+        ] {
             assert!(!account_name(bad), "{bad:?}");
         }
     }
@@ -238,7 +252,9 @@ mod tests {
         for ok in ["latest", "1.0", "sha-abc1234", "a--b", "v1_2", "20240101"] {
             assert!(ref_component(ok, b"._-"), "{ok}");
         }
-        for bad in ["1._-.q", "_x", "x.", "a..b", "a---b", "", "-a", "a__b", "a:b"] {
+        for bad in [
+            "1._-.q", "_x", "x.", "a..b", "a---b", "", "-a", "a__b", "a:b",
+        ] {
             assert!(!ref_component(bad, b"._-"), "{bad}");
         }
     }

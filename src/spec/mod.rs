@@ -574,7 +574,9 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
         let pos = at(d.referenced);
         check_image_path(&d.value.path)
             .and_then(|()| match entry_root(&d.value.path) {
-                true => Err("`/` is the image root and always exists; name a directory below it".into()),
+                true => {
+                    Err("`/` is the image root and always exists; name a directory below it".into())
+                }
                 false => Ok(()),
             })
             .map_err(|m| SpecError::invalid(pos.clone(), &format!("directories[{i}].path"), m))?;

@@ -92,7 +92,12 @@ fn line_breaks_in_credentials_are_refused() {
     for (key, value, tok) in cases {
         let mut sb = Sandbox::new();
         sb.env(key, value).env("CODER_AGENT_TOKEN", &tok);
-        expect_refusal(&sb, &server, &token, "contains a newline or carriage return");
+        expect_refusal(
+            &sb,
+            &server,
+            &token,
+            "contains a newline or carriage return",
+        );
     }
     // The same URL in an env file, with a CR inside a line.
     let sb = Sandbox::new();
@@ -101,11 +106,24 @@ fn line_breaks_in_credentials_are_refused() {
         &format!("CODER_AGENT_URL={url}\rCODER_USER=root\nCODER_AGENT_TOKEN={token}\n"),
         0o600,
     );
-    expect_refusal(&sb, &server, &token, "/etc/hakim/agent.env: CODER_AGENT_URL");
+    expect_refusal(
+        &sb,
+        &server,
+        &token,
+        "/etc/hakim/agent.env: CODER_AGENT_URL",
+    );
     // And inside a bootstrap value.
     let mut sb = Sandbox::new();
-    sb.env("CODER_AGENT_BOOTSTRAP", &b64(&format!("{injected_url}|{token}")));
-    expect_refusal(&sb, &server, &token, "contains a newline or carriage return");
+    sb.env(
+        "CODER_AGENT_BOOTSTRAP",
+        &b64(&format!("{injected_url}|{token}")),
+    );
+    expect_refusal(
+        &sb,
+        &server,
+        &token,
+        "contains a newline or carriage return",
+    );
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use proptest::prelude::*;
 use crate::support::*;
+use proptest::prelude::*;
 
 /// Characters that matter to the formats involved (`:`, line breaks, NUL, `=`, `/`, `.`).
 fn hostile() -> impl Strategy<Value = String> {
@@ -41,7 +41,13 @@ fn case() -> impl Strategy<Value = Case> {
     let name = "[a-z_][a-z0-9_-]{0,6}";
     let path = "/[a-z]{1,5}(/[a-z][a-z.]{0,3}){0,2}";
     (
-        (field(name), field(name), field(path), field(path), field("[A-Za-z0-9 ,.]{0,12}")),
+        (
+            field(name),
+            field(name),
+            field(path),
+            field(path),
+            field("[A-Za-z0-9 ,.]{0,12}"),
+        ),
         (
             field("[A-Za-z0-9_][A-Za-z0-9_.-]{0,10}"),
             field("[A-Za-z_][A-Za-z0-9_.]{0,8}"),
@@ -49,17 +55,19 @@ fn case() -> impl Strategy<Value = Case> {
             field(path),
         ),
     )
-        .prop_map(|((user, group, home, shell, comment), (tag, env_key, env_value, dir))| Case {
-            user,
-            group,
-            home,
-            shell,
-            comment,
-            tag,
-            env_key,
-            env_value,
-            dir,
-        })
+        .prop_map(
+            |((user, group, home, shell, comment), (tag, env_key, env_value, dir))| Case {
+                user,
+                group,
+                home,
+                shell,
+                comment,
+                tag,
+                env_key,
+                env_value,
+                dir,
+            },
+        )
 }
 
 fn q(s: &str) -> String {
@@ -119,13 +127,22 @@ fn check_built(work: &Path, project: &Path, c: &Case) {
     for line in passwd.lines() {
         assert_eq!(line.split(':').count(), 7, "malformed passwd line {line:?}");
     }
-    let want = format!("{}:x:1000:1000:{}:{}:{}", c.user, c.comment, c.home, c.shell);
-    assert!(passwd.lines().any(|l| l == want), "{want:?} not in {passwd:?}");
+    let want = format!(
+        "{}:x:1000:1000:{}:{}:{}",
+        c.user, c.comment, c.home, c.shell
+    );
+    assert!(
+        passwd.lines().any(|l| l == want),
+        "{want:?} not in {passwd:?}"
+    );
     let group = fs::read_to_string(root.join("etc/group")).unwrap();
     for line in group.lines() {
         assert_eq!(line.split(':').count(), 4, "malformed group line {line:?}");
     }
-    assert!(group.contains(&format!("{}:x:2000:{}", c.group, c.user)), "{group}");
+    assert!(
+        group.contains(&format!("{}:x:2000:{}", c.group, c.user)),
+        "{group}"
+    );
     let dir = c.dir.trim_start_matches('/');
     assert!(root.join(dir).is_dir(), "{} missing", c.dir);
 }
@@ -157,7 +174,10 @@ fn accepted_inputs_build_into_layouts_umoci_reads() {
         })
         .unwrap();
     let (a, r) = (accepted.into_inner(), refused.into_inner());
-    assert!(a > 0 && r > 0, "the cases must reach both sides: {a} accepted, {r} refused");
+    assert!(
+        a > 0 && r > 0,
+        "the cases must reach both sides: {a} accepted, {r} refused"
+    );
 }
 
 /// The generator does reach the accepting side (otherwise the property above is vacuous).

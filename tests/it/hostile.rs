@@ -14,7 +14,11 @@ use crate::support::*;
 fn assert_no_refs(s: &Scratch) {
     if let Ok(bytes) = fs::read(s.layout().join("index.json")) {
         let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(index["manifests"], serde_json::json!([]), "refs were written");
+        assert_eq!(
+            index["manifests"],
+            serde_json::json!([]),
+            "refs were written"
+        );
     }
 }
 
@@ -25,7 +29,10 @@ fn refused(s: &Scratch, re: &str) -> String {
     assert!(re.is_match(&err), "validate: {re} not in:\n{err}");
     let err = run_err(s.hakim().arg("build"));
     assert!(re.is_match(&err), "build: {re} not in:\n{err}");
-    assert!(!s.layout().join("index.json").exists(), "a layout was written");
+    assert!(
+        !s.layout().join("index.json").exists(),
+        "a layout was written"
+    );
     err
 }
 
@@ -34,10 +41,18 @@ const USERS: &str = "layers/users/layer.yaml";
 #[test]
 fn account_fields_that_would_inject_database_lines_are_refused() {
     let cases = [
-        (r#"shell: "/bin/sh\nx::0:0::/:/bin/sh""#, "users\\[0\\]\\.shell", "'\\\\n'"),
+        (
+            r#"shell: "/bin/sh\nx::0:0::/:/bin/sh""#,
+            "users\\[0\\]\\.shell",
+            "'\\\\n'",
+        ),
         (r#"shell: bin/sh"#, "users\\[0\\]\\.shell", "absolute"),
         (r#"comment: "a:b:c""#, "users\\[0\\]\\.comment", "':'"),
-        (r#"comment: "x\u0000y""#, "users\\[0\\]\\.comment", "'\\\\0'"),
+        (
+            r#"comment: "x\u0000y""#,
+            "users\\[0\\]\\.comment",
+            "'\\\\0'",
+        ),
         (r#"home: "/home/x:y""#, "users\\[0\\]\\.home", "':'"),
         (r#"home: home/coder"#, "users\\[0\\]\\.home", "absolute"),
     ];
@@ -54,11 +69,31 @@ fn account_fields_that_would_inject_database_lines_are_refused() {
         );
     }
     for (from, to, field) in [
-        ("    - name: coder\n", "    - name: \"..\"\n", "users\\[0\\]\\.name"),
-        ("    - name: coder\n", "    - name: \"-o\"\n", "users\\[0\\]\\.name"),
-        ("    - name: coder\n", "    - name: Coder\n", "users\\[0\\]\\.name"),
-        ("    - name: docker\n", "    - name: \"dock:er\"\n", "groups\\[0\\]\\.name"),
-        ("groups: [docker]", "groups: [\"docker\\nroot\"]", "users\\[0\\]\\.groups\\[0\\]"),
+        (
+            "    - name: coder\n",
+            "    - name: \"..\"\n",
+            "users\\[0\\]\\.name",
+        ),
+        (
+            "    - name: coder\n",
+            "    - name: \"-o\"\n",
+            "users\\[0\\]\\.name",
+        ),
+        (
+            "    - name: coder\n",
+            "    - name: Coder\n",
+            "users\\[0\\]\\.name",
+        ),
+        (
+            "    - name: docker\n",
+            "    - name: \"dock:er\"\n",
+            "groups\\[0\\]\\.name",
+        ),
+        (
+            "groups: [docker]",
+            "groups: [\"docker\\nroot\"]",
+            "users\\[0\\]\\.groups\\[0\\]",
+        ),
     ] {
         let s = Scratch::fixture("basic");
         s.write(USERS, &s.read(USERS).replace(from, to));
@@ -75,12 +110,36 @@ fn account_fields_that_would_inject_database_lines_are_refused() {
 fn config_values_are_validated_with_their_position() {
     let base = "variants/base.yaml";
     let cases: [(&str, &str, &str); 6] = [
-        ("    LANG: C.UTF-8\n", "    LANG: C.UTF-8\n    \"A=B\": x\n", r"config\.env\.A=B`: .*must be non-empty and contain no `=`"),
-        ("    LANG: C.UTF-8\n", "    LANG: C.UTF-8\n    \"\": x\n", r"config\.env\.`: .*must be non-empty"),
-        ("  stop_signal: SIGTERM\n", "  stop_signal: SIGFOO\n", r"config\.stop_signal`: `SIGFOO` is not a signal"),
-        ("  stop_signal: SIGTERM\n", "  stop_signal: TERM\n", r"config\.stop_signal`: `TERM` is not a signal"),
-        ("  workdir: /home/coder\n", "  workdir: home/coder\n", r"config\.workdir`: `home/coder` must be an absolute path"),
-        ("  volumes: [/home/coder]\n", "  volumes: [data]\n", r"config\.volumes\[0\]`: `data` must be an absolute path"),
+        (
+            "    LANG: C.UTF-8\n",
+            "    LANG: C.UTF-8\n    \"A=B\": x\n",
+            r"config\.env\.A=B`: .*must be non-empty and contain no `=`",
+        ),
+        (
+            "    LANG: C.UTF-8\n",
+            "    LANG: C.UTF-8\n    \"\": x\n",
+            r"config\.env\.`: .*must be non-empty",
+        ),
+        (
+            "  stop_signal: SIGTERM\n",
+            "  stop_signal: SIGFOO\n",
+            r"config\.stop_signal`: `SIGFOO` is not a signal",
+        ),
+        (
+            "  stop_signal: SIGTERM\n",
+            "  stop_signal: TERM\n",
+            r"config\.stop_signal`: `TERM` is not a signal",
+        ),
+        (
+            "  workdir: /home/coder\n",
+            "  workdir: home/coder\n",
+            r"config\.workdir`: `home/coder` must be an absolute path",
+        ),
+        (
+            "  volumes: [/home/coder]\n",
+            "  volumes: [data]\n",
+            r"config\.volumes\[0\]`: `data` must be an absolute path",
+        ),
     ];
     for (from, to, why) in cases {
         let s = Scratch::fixture("basic");
@@ -95,7 +154,10 @@ fn config_values_are_validated_with_their_position() {
 fn layer_values_and_empty_variants_are_refused() {
     let files = "layers/files/layer.yaml";
     let s = Scratch::fixture("basic");
-    s.write(files, &s.read(files).replace("  - path: /tmp\n", "  - path: /\n"));
+    s.write(
+        files,
+        &s.read(files).replace("  - path: /tmp\n", "  - path: /\n"),
+    );
     refused(
         &s,
         r"layers/files/layer\.yaml:\d+:\d+: field `directories\[1\]\.path`: `/` is the image root",
@@ -104,7 +166,8 @@ fn layer_values_and_empty_variants_are_refused() {
     let s = Scratch::fixture("basic");
     s.write(
         files,
-        &s.read(files).replace("    mode: \"0600\"\n", "    mode: 0600\n"),
+        &s.read(files)
+            .replace("    mode: \"0600\"\n", "    mode: 0600\n"),
     );
     refused(
         &s,
@@ -112,7 +175,10 @@ fn layer_values_and_empty_variants_are_refused() {
     );
 
     let s = Scratch::fixture("basic");
-    s.write("variants/empty.yaml", "name: test-empty\ndescription: nothing\n");
+    s.write(
+        "variants/empty.yaml",
+        "name: test-empty\ndescription: nothing\n",
+    );
     refused(
         &s,
         r"variants/empty\.yaml: field `layers`: a variant needs at least one layer",
@@ -158,17 +224,26 @@ fn oversized_texts_and_documents_are_refused_and_the_old_ref_stays() {
         ),
     );
     let err = run_err(s.hakim().args(["build", "base"]));
-    let re = regex::Regex::new(r"variants/base\.yaml:\d+:\d+: field `description`: is 102400 bytes; at most 65536").unwrap();
+    let re = regex::Regex::new(
+        r"variants/base\.yaml:\d+:\d+: field `description`: is 102400 bytes; at most 65536",
+    )
+    .unwrap();
     assert!(re.is_match(&err), "{err}");
 
     // Each annotation within bounds, together over the 4 MiB registries accept.
     let mut many = String::from("  annotations:\n");
     for i in 0..70 {
-        many.push_str(&format!("    org.example.a{i}: {}\n", "y".repeat(60 * 1024)));
+        many.push_str(&format!(
+            "    org.example.a{i}: {}\n",
+            "y".repeat(60 * 1024)
+        ));
     }
     s.write(
         "variants/base.yaml",
-        &base.replace("  stop_signal: SIGTERM\n", &format!("  stop_signal: SIGTERM\n{many}")),
+        &base.replace(
+            "  stop_signal: SIGTERM\n",
+            &format!("  stop_signal: SIGTERM\n{many}"),
+        ),
     );
     let err = run_err(s.hakim().args(["build", "base"]));
     assert!(
@@ -186,8 +261,10 @@ fn entries_under_a_symlink_or_file_are_refused() {
     let s = Scratch::fixture("basic");
     s.write(
         files,
-        &s.read(files)
-            .replace("directories:\n", "directories:\n  - path: /usr/bin/hi/evil\n"),
+        &s.read(files).replace(
+            "directories:\n",
+            "directories:\n  - path: /usr/bin/hi/evil\n",
+        ),
     );
     let err = run_err(s.hakim().args(["build", "base"]));
     assert!(
@@ -382,9 +459,10 @@ fn corrupt_layer_cache_entries_are_rebuilt_never_reused() {
     let name = blobs[1].file_name().unwrap().to_string_lossy().into_owned();
     let removed = report["removed"].as_array().unwrap();
     assert!(
-        removed
-            .iter()
-            .any(|r| r["reason"].as_str().unwrap().contains(&format!("{name} hashed to"))),
+        removed.iter().any(|r| r["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{name} hashed to"))),
         "{report}"
     );
     assert!(!blobs[1].exists());

@@ -42,8 +42,14 @@ fn project() -> Scratch {
         "run:\n  - name: noise\n    script: head -c 300000000 /dev/urandom > /noise\n",
     );
     s.write("variants/bb.yaml", "name: test-bb\nlayers: [bb]\n");
-    s.write("variants/slow.yaml", "name: test-slow\nfrom: bb\nlayers: [slow]\n");
-    s.write("variants/big.yaml", "name: test-big\nfrom: bb\nlayers: [big]\n");
+    s.write(
+        "variants/slow.yaml",
+        "name: test-slow\nfrom: bb\nlayers: [slow]\n",
+    );
+    s.write(
+        "variants/big.yaml",
+        "name: test-big\nfrom: bb\nlayers: [big]\n",
+    );
     s
 }
 
@@ -67,7 +73,10 @@ fn temp_entries(dir: &Path) -> Vec<PathBuf> {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-            if name.starts_with(".tmp") || name.starts_with("layer-") || name.starts_with("empty-lower-") {
+            if name.starts_with(".tmp")
+                || name.starts_with("layer-")
+                || name.starts_with("empty-lower-")
+            {
                 out.push(e.path());
             } else if is_dir && !d.ends_with("rootfs") {
                 stack.push(e.path());
@@ -136,8 +145,16 @@ fn signal(c: &Child, sig: i32) {
 }
 
 fn assert_clean(s: &Scratch, when: &str) {
-    assert_eq!(mounts_below(s.dir.path()), Vec::<String>::new(), "mounts {when}");
-    assert_eq!(temp_entries(s.dir.path()), Vec::<PathBuf>::new(), "temp files {when}");
+    assert_eq!(
+        mounts_below(s.dir.path()),
+        Vec::<String>::new(),
+        "mounts {when}"
+    );
+    assert_eq!(
+        temp_entries(s.dir.path()),
+        Vec::<PathBuf>::new(),
+        "temp files {when}"
+    );
 }
 
 fn layout_still_valid(s: &Scratch) {
@@ -161,7 +178,11 @@ fn sigterm_and_sigint_clean_up_before_exit() {
             layout_still_valid(&s);
         }
     }
-    assert_eq!(hakim_empty_dirs(), empties, "/tmp/hakim-empty-* left behind");
+    assert_eq!(
+        hakim_empty_dirs(),
+        empties,
+        "/tmp/hakim-empty-* left behind"
+    );
 }
 
 #[test]
@@ -184,9 +205,20 @@ fn sigkill_leftovers_are_removed_by_the_next_run_but_a_running_build_is_untouche
         let files = temp_entries(s.dir.path());
         assert_eq!(mounts.len(), 1, "{mounts:?}");
         run_ok(s.hakim().args(["build", "bb"]));
-        assert_eq!(mounts_below(&s.cache()), mounts, "the running build's mount");
-        assert_eq!(temp_entries(s.dir.path()), files, "the running build's files");
-        assert!(running.try_wait().unwrap().is_none(), "the running build died");
+        assert_eq!(
+            mounts_below(&s.cache()),
+            mounts,
+            "the running build's mount"
+        );
+        assert_eq!(
+            temp_entries(s.dir.path()),
+            files,
+            "the running build's files"
+        );
+        assert!(
+            running.try_wait().unwrap().is_none(),
+            "the running build died"
+        );
         running.kill().unwrap();
         running.wait().unwrap();
         run_ok(s.hakim().args(["build", "bb"]));
@@ -260,7 +292,11 @@ fn a_full_disk_leaves_no_partial_blob_and_the_next_build_works() {
     fs::write(&big, crate::support::layout::noise(8 << 20, 7)).unwrap();
     let err = run_err(&mut hakim("base"));
     assert!(err.contains("No space left on device"), "{err}");
-    assert_eq!(temp_entries(&small.0), Vec::<PathBuf>::new(), "partial files left");
+    assert_eq!(
+        temp_entries(&small.0),
+        Vec::<PathBuf>::new(),
+        "partial files left"
+    );
     // The next, small build fits again.
     fs::write(&big, b"small now").unwrap();
     run_ok(&mut hakim("base"));
