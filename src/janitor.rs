@@ -278,7 +278,8 @@ fn remove_leftover(path: &Path, report: &mut SweepReport) {
     }
 }
 
-fn tree_bytes(dir: &Path) -> u64 {
+/// Bytes of the regular files below `dir` (symlinks not followed).
+pub fn tree_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

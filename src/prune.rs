@@ -153,7 +153,7 @@ fn items(store: &LayerStore, cache_dir: &Path) -> io::Result<Vec<Item>> {
             paths.push(blob);
             let tree = rootfs.path(&rec.blob.diff_id);
             if tree.is_dir() {
-                bytes += dir_bytes(&tree);
+                bytes += crate::janitor::tree_bytes(&tree);
                 paths.push(tree);
             }
         }
@@ -180,22 +180,6 @@ fn items(store: &LayerStore, cache_dir: &Path) -> io::Result<Vec<Item>> {
         });
     }
     Ok(out)
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map_or(0, |m| m.len()),
-                _ => {}
-            }
-        }
-    }
-    total
 }
 
 #[cfg(test)]

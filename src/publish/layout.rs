@@ -313,6 +313,14 @@ mod tests {
         let e = plan(tmp.path(), "x:1").unwrap_err();
         assert!(e.to_string().contains("corrupt"), "{e}");
 
+        // A layer blob with one byte changed (same size) is caught before any upload.
+        let tmp = tempfile::tempdir().unwrap();
+        layout(tmp.path(), MEDIA_MANIFEST, "x:1");
+        let layer = blob_path(tmp.path(), &Sha256Digest::of(b"layer"));
+        fs::write(&layer, b"lAyer").unwrap();
+        let e = plan(tmp.path(), "x:1").unwrap_err();
+        assert!(e.to_string().contains("hakim cache verify"), "{e}");
+
         let empty = tempfile::tempdir().unwrap();
         let e = plan(empty.path(), "x:1").unwrap_err();
         assert!(e.to_string().contains("not an OCI image layout"), "{e}");
