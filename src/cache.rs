@@ -118,6 +118,7 @@ impl CasWriter {
             });
         }
         let dest = self.cas.path(&digest);
+        crate::fsutil::set_default_mode(tmp.as_file()).map_err(io_err(&dest))?;
         tmp.as_file().sync_data().map_err(io_err(&dest))?;
         tmp.persist(&dest).map_err(|e| io_err(&dest)(e.error))?;
         Ok((digest, len))

@@ -10,10 +10,9 @@ use hakim::build::{self, BuildOptions};
 use hakim::rootfs::{self, MountedImage, RootfsCache, check, image};
 use std::collections::BTreeMap;
 
-use hakim::debian::lock::{LOCK_FILE, LockFile};
-use hakim::fetch::{FetchOptions, Fetcher};
-use hakim::layer::store::LayerStore;
-use hakim::packages::{self, LockMode, Resolver};
+use hakim::debian::lock::LOCK_FILE;
+use hakim::packages::{self, LockMode};
+use hakim::session::{Session, SessionOptions};
 
 use cli::{
     Paths, print_json,
@@ -225,44 +224,30 @@ async fn run() -> Result<()> {
             let project = paths.load()?;
             let v = project.variant(&variant)?;
             let arch = arch.unwrap_or_else(|| v.archs[0].clone());
-            let store = LayerStore::open(&paths.cache)?;
-            let lock_path = project.root.join(LOCK_FILE);
-            let mut lock = LockFile::read(&lock_path)?.unwrap_or_default();
-            let fetcher = Fetcher::new(
-                store.cas().clone(),
-                FetchOptions {
-                    offline: !packages,
-                    ..FetchOptions::default()
-                },
-            )?;
-            let mut resolver = Resolver::new(&fetcher);
+            // Without --packages, inspect reads only the lock and the cache.
             let mode = if packages {
                 LockMode::Refresh
             } else {
                 LockMode::Offline
             };
-            let locked: BTreeMap<usize, _> = match resolver
-                .lock_variant(&project, v, &arch, &mut lock, mode)
-                .await
-            {
-                Ok(layers) => layers.into_iter().map(|l| (l.position, l.locked)).collect(),
+            let mut session = Session::open(
+                &project,
+                SessionOptions {
+                    cache_dir: paths.cache.clone(),
+                    epoch: cli::source_date_epoch()?,
+                    offline: !packages,
+                    lock_mode: mode,
+                },
+            )?;
+            let locked = match session.lock_layers(&project, v, &arch).await {
+                Ok(locked) => locked,
                 Err(e) if !packages => {
                     eprintln!("note: {e}");
                     BTreeMap::new()
                 }
                 Err(e) => return Err(e.into()),
             };
-            let bases = resolver.suite_bases(&v.debian, &arch)?;
-            let apt_sources = packages::image_apt_sources(&v.debian, &bases);
-            let planned = build::plan(
-                &project,
-                v,
-                &arch,
-                &store,
-                cli::source_date_epoch()?,
-                &locked,
-                apt_sources.as_deref(),
-            )?;
+            let planned = session.plan_locked(&project, v, &arch, &locked)?.layers;
             if json {
                 let layers: Vec<_> = planned
                     .iter()
@@ -314,9 +299,13 @@ async fn run() -> Result<()> {
         } => {
             let project = paths.load()?;
             let selected = project.select(&variants)?;
-            let store = LayerStore::open(&paths.cache)?;
-            let fetcher = Fetcher::new(store.cas().clone(), FetchOptions::default())?;
-            let report = packages::lock_project(&project, &selected, &fetcher, update).await?;
+            let session = Session::open(
+                &project,
+                SessionOptions::for_build(&paths.cache, cli::source_date_epoch()?, false),
+            )?;
+            let report =
+                packages::lock_project(&project, &selected, session.fetcher().clone(), update)
+                    .await?;
             if json {
                 print_json(&report)?;
             } else {
@@ -340,39 +329,17 @@ async fn run() -> Result<()> {
         Command::Fetch { variants, offline } => {
             let project = paths.load()?;
             let selected = project.select(&variants)?;
-            let store = LayerStore::open(&paths.cache)?;
-            let fetcher = Fetcher::new(
-                store.cas().clone(),
-                FetchOptions {
-                    offline,
-                    ..FetchOptions::default()
-                },
+            let mut session = Session::open(
+                &project,
+                SessionOptions::for_build(&paths.cache, cli::source_date_epoch()?, offline),
             )?;
-            let mut resolver = Resolver::new(&fetcher);
-            let mut lock = LockFile::read(&project.root.join(LOCK_FILE))?.unwrap_or_default();
             let reporter = Reporter::new(false);
-            let mode = if offline {
-                LockMode::Offline
-            } else {
-                LockMode::Frozen
-            };
             let mut total = 0;
             for v in &selected {
-                for arch in &v.archs {
-                    let layers = resolver
-                        .lock_variant(&project, v, arch, &mut lock, mode)
-                        .await?;
-                    let bases = resolver.suite_bases(&v.debian, arch)?;
-                    for l in layers {
-                        total += resolver
-                            .fetch_debs(&l.locked.packages, &bases, &reporter)
-                            .await?
-                            .len();
-                    }
-                }
+                total += session.fetch_variant_debs(&project, v, &reporter).await?;
             }
             reporter.finish();
-            let stats = fetcher.stats();
+            let stats = session.fetcher().stats();
             println!(
                 "{total} packages in the cache; {} requests, {} downloaded",
                 stats.requests,
@@ -435,9 +402,7 @@ async fn run() -> Result<()> {
             let project = paths.load()?;
             let v = project.variant(&variant)?;
             let arch = pick_arch(v, arch);
-            let refs =
-                image::variant_refs(&project.root, v, cli::source_date_epoch()?, tag.as_deref());
-            let img = rootfs::resolve_image(&paths.out.join("oci"), &v.key, &refs, &arch)?;
+            let img = rootfs::find_variant_image(&paths.out.join("oci"), v, tag.as_deref(), &arch)?;
             rootfs::require_bwrap()?;
             let code = {
                 let mounted = MountedImage::mount(&img, &RootfsCache::new(&paths.cache))?;
@@ -466,12 +431,10 @@ async fn run() -> Result<()> {
         } => {
             let project = paths.load()?;
             let cache = RootfsCache::new(&paths.cache);
-            let epoch = cli::source_date_epoch()?;
             let mut results = Vec::new();
             for v in project.select(&variants)? {
                 let arch = pick_arch(v, arch.clone());
-                let refs = image::variant_refs(&project.root, v, epoch, None);
-                let img = rootfs::resolve_image(&paths.out.join("oci"), &v.key, &refs, &arch)?;
+                let img = rootfs::find_variant_image(&paths.out.join("oci"), v, None, &arch)?;
                 let r = check::test_variant(
                     &v.key,
                     &arch,

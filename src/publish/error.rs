@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::digest::Sha256Digest;
 
-use super::tags::TagError;
+use crate::git::TagError;
 
 /// Everything that can go wrong while pushing an image.
 #[derive(Debug, thiserror::Error)]

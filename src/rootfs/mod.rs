@@ -15,7 +15,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use diff::upper_to_entries;
-pub use image::{MountedImage, ResolvedImage, resolve_image};
+pub use image::{MountedImage, ResolvedImage, find_variant_image, resolve_image};
 pub use overlay::Overlay;
 pub use sandbox::{Bind, Sandbox, require_bwrap};
 pub use unpack::{RootfsCache, unpack_layer};
@@ -61,6 +61,12 @@ pub enum RootfsError {
         reference: String,
         layout: PathBuf,
     },
+    /// Several refs of a variant match its tag templates but name different images.
+    #[error("variant `{variant}` has several builds in the layout ({refs}): pick one with --tag")]
+    Ambiguous { variant: String, refs: String },
+    /// Reading the layout failed.
+    #[error(transparent)]
+    Layout(#[from] crate::oci::LayoutError),
     /// The layout or an image document is unusable.
     #[error("{path}: {message}")]
     BadImage { path: PathBuf, message: String },

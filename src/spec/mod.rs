@@ -387,9 +387,17 @@ fn apply(
     }
     merge_config(&mut v.config, &f.config);
     if let Some(tags) = &f.tags {
+        if tags.value.is_empty() {
+            // An empty list would build an image no ref names: nothing to run, test or push.
+            return Err(SpecError::invalid(
+                SourcePos::at(path, tags.referenced),
+                "tags",
+                "a variant needs at least one tag",
+            ));
+        }
         let mut seen = BTreeSet::new();
         v.tags.clear();
-        for t in tags {
+        for t in &tags.value {
             let pos = SourcePos::at(path, t.referenced);
             check_tag_template(&t.value).map_err(|m| SpecError::invalid(pos.clone(), "tags", m))?;
             if !seen.insert(&t.value) {
@@ -470,44 +478,11 @@ pub fn check_image_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Template placeholders a tag may use.
-pub const TAG_PLACEHOLDERS: &[&str] = &["git_sha", "date", "version"];
+pub use crate::git::PLACEHOLDERS as TAG_PLACEHOLDERS;
 
 /// Check a tag template: OCI tag characters plus known `{placeholders}`.
 pub fn check_tag_template(tag: &str) -> Result<(), String> {
-    let mut rest = tag;
-    let mut literal = String::new();
-    while let Some(start) = rest.find('{') {
-        literal.push_str(&rest[..start]);
-        let end = rest[start..]
-            .find('}')
-            .ok_or(format!("unclosed `{{` in tag `{tag}`"))?
-            + start;
-        let ph = &rest[start + 1..end];
-        if !TAG_PLACEHOLDERS.contains(&ph) {
-            return Err(format!(
-                "unknown placeholder `{{{ph}}}` in tag `{tag}` (known: {})",
-                TAG_PLACEHOLDERS.join(", ")
-            ));
-        }
-        literal.push('x');
-        rest = &rest[end + 1..];
-    }
-    literal.push_str(rest);
-    let valid = !literal.is_empty()
-        && literal.len() <= 128
-        && literal.as_bytes()[0] != b'.'
-        && literal.as_bytes()[0] != b'-'
-        && literal
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{tag}` is not a valid tag ([A-Za-z0-9_.-], at most 128)"
-        ))
-    }
+    crate::git::check_template(tag).map_err(|e| e.to_string())
 }
 
 /// Check an absolute in-image path without `..`.
