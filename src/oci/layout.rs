@@ -87,6 +87,10 @@ pub struct Layout {
     dir: PathBuf,
 }
 
+/// `index.json` annotation prefix recording, per image name, the digest its refs were last
+/// pointed at (refs are never dropped, so several builds of one name can stay listed).
+const NEWEST: &str = "dev.hakim.newest.";
+
 const MARKER: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 impl Layout {
@@ -256,9 +260,26 @@ impl Layout {
             let name = ref_name(d);
             name.is_none() || !replaced.contains(&name)
         });
+        for e in &entries {
+            if let Some((name, _)) = ref_name(e).as_deref().and_then(|r| r.rsplit_once(':')) {
+                index
+                    .annotations
+                    .insert(format!("{NEWEST}{name}"), e.digest.oci());
+            }
+        }
         index.manifests.extend(entries);
         index.manifests.sort_by_key(ref_name);
         self.write_index(&index)
+    }
+
+    /// What the last [`Layout::set_refs`] pointed `name:*` refs at: of several builds under
+    /// one name, the newest.
+    pub fn newest(&self, name: &str) -> Result<Option<Sha256Digest>, LayoutError> {
+        Ok(self
+            .read_index()?
+            .annotations
+            .get(&format!("{NEWEST}{name}"))
+            .and_then(|d| d.parse().ok()))
     }
 
     /// Every `(ref name, descriptor)` in `index.json`, in index order.
@@ -398,6 +419,9 @@ mod tests {
             l.resolve_ref("a:sha-1").unwrap().digest,
             Sha256Digest::of(b"1")
         );
+        assert_eq!(l.newest("a").unwrap(), Some(Sha256Digest::of(b"3")));
+        assert_eq!(l.newest("b").unwrap(), Some(Sha256Digest::of(b"2")));
+        assert_eq!(l.newest("c").unwrap(), None);
     }
 
     #[test]

@@ -58,8 +58,8 @@ pub fn host_arch() -> &'static str {
 
 /// The ref the last build of `variant` wrote: `name:tag` when a tag is given, else the refs of
 /// the variant's name in the layout matched against its tag templates in order (no git is
-/// asked and nothing re-expanded, so `{version}` tags are found too). Several matching refs
-/// that point at different images are ambiguous and need `--tag`.
+/// asked and nothing re-expanded, so `{version}` tags are found too). When several matching
+/// refs name different images, the newest build wins; without that record, `--tag` decides.
 pub fn variant_ref(
     layout: &Layout,
     variant: &Variant,
@@ -70,6 +70,7 @@ pub fn variant_ref(
     }
     let prefix = format!("{}:", variant.name);
     let refs = layout.refs()?;
+    let newest = layout.newest(&variant.name)?;
     for template in &variant.tags {
         let hits: Vec<&(String, _)> = refs
             .iter()
@@ -78,19 +79,20 @@ pub fn variant_ref(
                     .is_some_and(|t| crate::git::template_matches(template, t))
             })
             .collect();
-        match hits[..] {
-            [] => continue,
-            [(r, _), ..] if hits.iter().all(|(_, d)| d.digest == hits[0].1.digest) => {
-                return Ok(r.clone());
-            }
-            _ => {
-                let names: Vec<&str> = hits.iter().map(|(r, _)| r.as_str()).collect();
-                return Err(RootfsError::Ambiguous {
-                    variant: variant.key.clone(),
-                    refs: names.join(", "),
-                });
-            }
+        let Some((first, d)) = hits.first() else {
+            continue;
+        };
+        if hits.iter().all(|(_, h)| h.digest == d.digest) {
+            return Ok(first.clone());
         }
+        if let Some((r, _)) = hits.iter().find(|(_, h)| Some(h.digest) == newest) {
+            return Ok(r.clone());
+        }
+        let names: Vec<&str> = hits.iter().map(|(r, _)| r.as_str()).collect();
+        return Err(RootfsError::Ambiguous {
+            variant: variant.key.clone(),
+            refs: names.join(", "),
+        });
     }
     Err(RootfsError::NotBuilt {
         variant: variant.key.clone(),

@@ -497,7 +497,7 @@ fn bad_inputs_fail_with_located_errors_and_never_touch_the_layout() {
                         .replace("tags: [latest, \"1.0\"]", "tags: []"),
                 )
             }),
-            "base.yaml:4:7: tags: a variant needs at least one tag",
+            "base.yaml:4:7: field `tags`: a variant needs at least one tag",
         ),
         (
             "unknown tag placeholder",

@@ -10,6 +10,7 @@ mod debian;
 mod debian_repo;
 mod entrypoint;
 mod entrypoint_image;
+mod layouts;
 mod push;
 mod push_cli;
 mod rootfs;
