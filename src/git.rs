@@ -50,7 +50,7 @@ impl GitInfo {
     /// Whether the checkout at `dir` has no uncommitted changes; `None` when git cannot say.
     pub fn is_clean(dir: &Path) -> Option<bool> {
         let out = git(dir, &["status", "--porcelain"])?;
-        out.status.success().then(|| out.stdout.is_empty())
+        out.status.success().then_some(out.stdout.is_empty())
     }
 }
 

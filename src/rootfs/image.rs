@@ -124,7 +124,9 @@ pub fn find_variant_image(
     let layout = Layout::open(layout_dir)?;
     let reference = variant_ref(&layout, variant, tag)?;
     match image_for_arch(&layout, &reference, arch) {
-        Err(RootfsError::Layout(LayoutError::RefNotFound { .. })) => Err(not_built(reference)),
+        Err(RootfsError::Layout(e)) if matches!(*e, LayoutError::RefNotFound { .. }) => {
+            Err(not_built(reference))
+        }
         other => other,
     }
 }

@@ -66,7 +66,7 @@ pub enum RootfsError {
     Ambiguous { variant: String, refs: String },
     /// Reading the layout failed.
     #[error(transparent)]
-    Layout(#[from] crate::oci::LayoutError),
+    Layout(Box<crate::oci::LayoutError>),
     /// The layout or an image document is unusable.
     #[error("{path}: {message}")]
     BadImage { path: PathBuf, message: String },
@@ -76,6 +76,12 @@ pub enum RootfsError {
     /// Starting a sandboxed command failed.
     #[error("running {what}: {source}")]
     Spawn { what: String, source: io::Error },
+}
+
+impl From<crate::oci::LayoutError> for RootfsError {
+    fn from(e: crate::oci::LayoutError) -> Self {
+        Self::Layout(Box::new(e))
+    }
 }
 
 /// Shorthand for an I/O error on a path.
