@@ -2,7 +2,8 @@
 //!
 //! The pipeline, one module per stage: [`spec`] (variant YAML) → [`debian`] (resolve/lock)
 //! → [`fetch`] (downloads into the [`cache`]) → [`layer`] (assemble and seal layers)
-//! → [`oci`] (image layouts) → [`publish`] (registries and exports); [`build`] drives it.
+//! → [`oci`] (image layouts) → [`publish`] (registries and exports); [`session`] owns the shared
+//! state and [`build`] drives the steps. `ARCHITECTURE.md` maps every stage and seam.
 
 pub mod build;
 pub mod cache;

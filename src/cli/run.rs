@@ -14,7 +14,7 @@ pub struct RunArgs {
     /// Architecture (default: this machine's, when the variant has it).
     #[arg(long)]
     pub arch: Option<String>,
-    /// Tag to run (default: the variant's first tag found in the layout).
+    /// Tag to run (default: the newest build's ref matching the variant's tags).
     #[arg(long)]
     pub tag: Option<String>,
     /// Share the host network.

@@ -61,14 +61,8 @@ impl PushPlan {
 impl From<LayoutError> for PublishError {
     fn from(e: LayoutError) -> Self {
         match e {
-            LayoutError::RefNotFound {
-                layout,
-                reference,
-                available,
-            } => Self::RefNotFound {
-                layout,
-                reference,
-                available,
+            e @ LayoutError::RefNotFound { .. } => Self::RefNotFound {
+                source: Box::new(e),
             },
             other => Self::Layout {
                 path: other_path(&other),
