@@ -32,12 +32,14 @@ pub struct BuildOptions {
     pub version: Option<String>,
     /// Make no network requests.
     pub offline: bool,
+    /// Retries, stall timeout and retry reporting of downloads.
+    pub net: crate::net::NetOptions,
 }
 
 impl BuildOptions {
     /// The session a build of these options runs in.
     pub fn session(&self) -> SessionOptions {
-        SessionOptions::for_build(&self.cache_dir, self.epoch, self.offline)
+        SessionOptions::for_build(&self.cache_dir, self.epoch, self.offline, self.net.clone())
     }
 }
 

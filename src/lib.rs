@@ -4,6 +4,8 @@
 //! → [`fetch`] (downloads into the [`cache`]) → [`layer`] (assemble and seal layers)
 //! → [`oci`] (image layouts) → [`publish`] (registries and exports); [`session`] owns the shared
 //! state and [`build`] drives the steps. `ARCHITECTURE.md` maps every stage and seam.
+//! [`net`] holds the retry policy and timeouts every HTTP client shares; [`rootfs`] mounts
+//! and sandboxes root filesystems for layer builds, `hakim run` and `hakim test`.
 
 pub mod build;
 pub mod cache;
@@ -14,8 +16,8 @@ pub mod fsutil;
 pub mod git;
 pub mod layer;
 pub mod media;
+pub mod net;
 pub mod oci;
-pub mod packages;
 pub mod publish;
 pub mod rootfs;
 pub mod session;

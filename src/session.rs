@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::debian::lock::{LOCK_FILE, LOCK_VERSION, LockError, LockFile, LockedLayer};
+use crate::debian::packages::{self, LockMode, PackagesError, Resolver};
 use crate::digest::Sha256Digest;
 use crate::fetch::{FetchError, FetchOptions, FetchProgress, Fetcher};
 use crate::layer::store::{LayerRecord, LayerStore, StoreError};
 use crate::layer::{self, LayerError};
+use crate::net::NetOptions;
 use crate::oci::LayoutError;
-use crate::packages::{self, LockMode, PackagesError, Resolver};
 use crate::spec::{Project, Variant};
 
 /// Errors of the pipeline stages a session drives.
@@ -68,15 +69,18 @@ pub struct SessionOptions {
     pub offline: bool,
     /// How existing lock entries are treated.
     pub lock_mode: LockMode,
+    /// Retries, timeouts and where retries are reported.
+    pub net: NetOptions,
 }
 
 impl SessionOptions {
     /// What a build uses: the lock as it is (frozen), or the lock and cache only when offline.
-    pub fn for_build(cache_dir: &Path, epoch: u64, offline: bool) -> Self {
+    pub fn for_build(cache_dir: &Path, epoch: u64, offline: bool, net: NetOptions) -> Self {
         Self {
             cache_dir: cache_dir.to_path_buf(),
             epoch,
             offline,
+            net,
             lock_mode: if offline {
                 LockMode::Offline
             } else {
@@ -131,6 +135,7 @@ impl Session {
             store.cas().clone(),
             FetchOptions {
                 offline: opts.offline,
+                net: opts.net.clone(),
                 ..FetchOptions::default()
             },
         )?);

@@ -25,14 +25,19 @@ pub struct FetchArgs {
 pub async fn run(paths: &Paths, args: FetchArgs) -> Result<Status> {
     let project = paths.load()?;
     let selected = project.select(&args.variants)?;
+    let reporter = std::sync::Arc::new(Reporter::new(false));
     let mut session = Session::open(
         &project,
-        SessionOptions::for_build(&paths.cache, source_date_epoch()?, args.offline),
+        SessionOptions::for_build(
+            &paths.cache,
+            source_date_epoch()?,
+            args.offline,
+            paths.net(reporter.clone()),
+        ),
     )?;
-    let reporter = Reporter::new(false);
     let mut total = 0;
     for v in &selected {
-        total += session.fetch_variant_debs(&project, v, &reporter).await?;
+        total += session.fetch_variant_debs(&project, v, &*reporter).await?;
     }
     reporter.finish();
     let stats = session.fetcher().stats();

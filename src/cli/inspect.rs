@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use clap::Args;
-use hakim::packages::LockMode;
+use hakim::debian::packages::LockMode;
 use hakim::session::{PlannedLayer, Session, SessionOptions};
 use hakim::spec::Variant;
 
@@ -43,6 +43,7 @@ pub async fn run(paths: &Paths, args: InspectArgs) -> Result<Status> {
             } else {
                 LockMode::Offline
             },
+            net: paths.net(std::sync::Arc::new(super::progress::RetryLines)),
         },
     )?;
     // Without --packages a missing lock entry only means packages are not shown.

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use hakim::debian::lock::LOCK_FILE;
-use hakim::packages;
+use hakim::debian::packages;
 use hakim::session::{Session, SessionOptions};
 
 use super::{Paths, exit::Status, print_json, source_date_epoch};
@@ -27,7 +27,12 @@ pub async fn run(paths: &Paths, args: LockArgs) -> Result<Status> {
     let selected = project.select(&args.variants)?;
     let session = Session::open(
         &project,
-        SessionOptions::for_build(&paths.cache, source_date_epoch()?, false),
+        SessionOptions::for_build(
+            &paths.cache,
+            source_date_epoch()?,
+            false,
+            paths.net(std::sync::Arc::new(super::progress::RetryLines)),
+        ),
     )?;
     let report =
         packages::lock_project(&project, &selected, session.fetcher().clone(), args.update).await?;

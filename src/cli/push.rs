@@ -1,7 +1,6 @@
 //! `hakim push`: build if needed, then push each variant with its tags.
 
 use std::io::Read;
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -54,7 +53,7 @@ pub async fn run(paths: &Paths, args: PushArgs) -> Result<Status> {
     )
     .await?;
     let reports = push(
-        &paths.project,
+        paths,
         &built,
         &args,
         source_date_epoch()?,
@@ -83,14 +82,16 @@ pub async fn run(paths: &Paths, args: PushArgs) -> Result<Status> {
 
 /// Push every built variant of `built` to `args.registry`.
 async fn push(
-    project_root: &Path,
+    paths: &Paths,
     built: &BuildReport,
     args: &PushArgs,
     epoch: u64,
     version: Option<&str>,
 ) -> Result<Vec<PushReport>> {
+    let project_root = paths.project.as_path();
     let mut opts = PushOptions::from_env();
     opts.plain_http = args.plain_http;
+    opts.net = paths.net(std::sync::Arc::new(super::progress::RetryLines));
     if args.password_stdin {
         let user = args
             .username

@@ -35,7 +35,6 @@ pub fn run(paths: &Paths, args: RunArgs) -> Result<Status> {
     let v = project.variant(&args.variant)?;
     let arch = pick_arch(v, args.arch);
     let img = rootfs::find_variant_image(&paths.layout(), v, args.tag.as_deref(), &arch)?;
-    rootfs::require_bwrap()?;
     let mounted = MountedImage::mount(&img, &RootfsCache::new(&paths.cache))?;
     let mut sb = mounted.sandbox(args.user.as_deref())?;
     sb.network = args.network;
@@ -49,7 +48,7 @@ pub fn run(paths: &Paths, args: RunArgs) -> Result<Status> {
         "`{}` has no entrypoint or cmd: give a command after `--`",
         img.reference
     );
-    let code = rootfs::sandbox::run_foreground(sb.command(&argv))?;
+    let code = rootfs::sandbox::run_foreground(sb.command(&argv)?)?;
     // Unmount before exiting: process::exit would skip the drop.
     drop(mounted);
     Ok(Status::from_code(code))
