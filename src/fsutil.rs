@@ -54,7 +54,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     };
     fs::create_dir_all(dir).map_err(fs_err(dir))?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(&crate::janitor::tmp_prefix())
         .tempfile_in(dir)
         .map_err(fs_err(dir))?;
     tmp.write_all(bytes).map_err(fs_err(path))?;

@@ -2,7 +2,6 @@
 //! all the reading.
 
 use std::collections::HashSet;
-use std::fs;
 
 use crate::digest::Sha256Digest;
 use crate::oci::model::{self, Index, MEDIA_INDEX, MEDIA_MANIFEST, Manifest};
@@ -78,6 +77,8 @@ fn other_path(e: &LayoutError) -> std::path::PathBuf {
         LayoutError::RefNotFound { layout, .. }
         | LayoutError::NoPlatform { layout, .. }
         | LayoutError::Corrupt { layout, .. } => layout.clone(),
+        // Only writing a document can be oversized; a push writes none.
+        LayoutError::Oversized { .. } => std::path::PathBuf::new(),
     }
 }
 
@@ -158,25 +159,14 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// A blob is re-hashed only when pushed; here its size must match.
+    /// Every blob is verified before a push, so a corrupt cache never reaches a registry.
     fn blob(&mut self, blob: &model::Descriptor) -> Result<()> {
         if !self.seen_blobs.insert(blob.digest) {
             return Ok(());
         }
         let path = self.layout.blob_path(&blob.digest);
-        let meta = fs::metadata(&path)
-            .map_err(|e| layout_err(self.layout, format!("{}: {e}", path.display())))?;
-        if meta.len() != blob.size {
-            return Err(layout_err(
-                self.layout,
-                format!(
-                    "blob {} has {} bytes, descriptor says {}",
-                    blob.digest,
-                    meta.len(),
-                    blob.size
-                ),
-            ));
-        }
+        crate::cache::verify_file(&path, &blob.digest, blob.size)
+            .map_err(|e| layout_err(self.layout, e.to_string()))?;
         self.plan.blobs.push(blob.into());
         Ok(())
     }
@@ -188,6 +178,7 @@ mod tests {
     use serde_json::json;
 
     use crate::oci::model::REF_NAME;
+    use std::fs;
     use std::path::Path;
 
     fn blob_path(dir: &Path, d: &Sha256Digest) -> std::path::PathBuf {
@@ -258,6 +249,14 @@ mod tests {
         fs::write(blob_path(tmp.path(), &d), b"{}").unwrap();
         let e = plan(tmp.path(), "x:1").unwrap_err();
         assert!(e.to_string().contains("corrupt"), "{e}");
+
+        // A layer blob with one byte changed (same size) is caught before any upload.
+        let tmp = tempfile::tempdir().unwrap();
+        layout(tmp.path(), MEDIA_MANIFEST, "x:1");
+        let layer = blob_path(tmp.path(), &Sha256Digest::of(b"layer"));
+        fs::write(&layer, b"lAyer").unwrap();
+        let e = plan(tmp.path(), "x:1").unwrap_err();
+        assert!(e.to_string().contains("hakim cache verify"), "{e}");
 
         let empty = tempfile::tempdir().unwrap();
         let e = plan(empty.path(), "x:1").unwrap_err();
