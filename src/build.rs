@@ -1,65 +1,23 @@
-//! The build pipeline: plan layer keys, fetch inputs, assemble missing layers, write the layout.
+//! The build pipeline, as a list of steps: expand tags, plan (lock + key) every variant and
+//! arch, assemble missing layers, write each image into the layout, save the lock, and only
+//! then point the refs at the new images.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::debian::lock::{LOCK_FILE, LockError, LockFile, LockedLayer};
-use crate::debian::packages::{LockMode, PackagesError, Resolver};
 use crate::digest::Sha256Digest;
-use crate::fetch::{FetchError, FetchOptions, FetchProgress, Fetcher};
+use crate::fetch::FetchProgress;
+use crate::git::{GitInfo, TagVars};
 use crate::layer::entry::Entry;
-use crate::layer::store::{LayerRecord, LayerStore, LowerView, StoreError};
+use crate::layer::store::{LayerRecord, LayerStore, LowerView};
 use crate::layer::{self, LayerError, PureInputs, tarball};
-use crate::oci::{
-    self, ImageLayer, Layout, LayoutError,
-    model::{Descriptor, REF_NAME},
-};
+use crate::oci::{self, ImageLayer, Layout, model::Descriptor, model::REF_NAME};
+use crate::session::{ArchPlan, Session, SessionOptions};
 use crate::spec::{Project, Variant};
 
-/// Errors from a build.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// A layer failed.
-    #[error(transparent)]
-    Layer(#[from] LayerError),
-    /// The layer cache failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The output layout failed.
-    #[error(transparent)]
-    Layout(#[from] LayoutError),
-    /// Fetching an input failed.
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    /// Resolving or locking packages failed.
-    #[error(transparent)]
-    Packages(Box<PackagesError>),
-    /// The lock file failed.
-    #[error(transparent)]
-    Lock(#[from] LockError),
-    /// A tag template could not be expanded.
-    #[error("variant `{variant}`: tag `{tag}`: {message}")]
-    Tag {
-        variant: String,
-        tag: String,
-        message: String,
-    },
-    /// Building a package or run layer failed.
-    #[error(transparent)]
-    Install(#[from] crate::layer::install::InstallError),
-    /// Unpacking a lower layer failed.
-    #[error(transparent)]
-    Rootfs(#[from] crate::rootfs::RootfsError),
-}
-
-impl From<PackagesError> for BuildError {
-    fn from(e: PackagesError) -> Self {
-        Self::Packages(Box::new(e))
-    }
-}
+pub use crate::session::{PipelineError as BuildError, PlannedLayer};
 
 /// Settings of one build.
 #[derive(Clone, Debug)]
@@ -78,97 +36,11 @@ pub struct BuildOptions {
     pub net: crate::net::NetOptions,
 }
 
-/// Git facts recorded in annotations and tag templates.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct GitInfo {
-    /// Full commit id.
-    pub revision: Option<String>,
-    /// `remote.origin.url`, made browsable where it is an SSH form.
-    pub source: Option<String>,
-}
-
-impl GitInfo {
-    /// Ask git about the project directory; absent facts stay `None`.
-    pub fn discover(dir: &Path) -> Self {
-        let git = |args: &[&str]| -> Option<String> {
-            let out = Command::new("git")
-                .arg("-C")
-                .arg(dir)
-                .args(args)
-                .output()
-                .ok()?;
-            let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
-            (out.status.success() && !s.is_empty()).then_some(s)
-        };
-        let source = git(&["config", "--get", "remote.origin.url"]).map(|u| {
-            match u.strip_prefix("git@").and_then(|r| r.split_once(':')) {
-                Some((host, path)) => format!("https://{host}/{}", path.trim_end_matches(".git")),
-                None => u.trim_end_matches(".git").to_string(),
-            }
-        });
-        Self {
-            revision: git(&["rev-parse", "HEAD"]),
-            source,
-        }
+impl BuildOptions {
+    /// The session a build of these options runs in.
+    pub fn session(&self) -> SessionOptions {
+        SessionOptions::for_build(&self.cache_dir, self.epoch, self.offline, self.net.clone())
     }
-}
-
-/// The values tag templates are expanded with.
-pub fn tag_vars(git: &GitInfo, epoch: u64, version: Option<&str>) -> crate::publish::TagVars {
-    crate::publish::TagVars {
-        git_sha: git.revision.clone(),
-        source_date_epoch: Some(epoch as i64),
-        version: version.map(String::from),
-    }
-}
-
-/// One layer as planned: its key and, when cached, its record.
-#[derive(Clone, Debug)]
-pub struct PlannedLayer {
-    /// Layer name.
-    pub name: String,
-    /// Cache key.
-    pub key: Sha256Digest,
-    /// The cached result, if any.
-    pub cached: Option<LayerRecord>,
-    /// Locked Debian packages, for package layers.
-    pub packages: Option<LockedLayer>,
-}
-
-/// Compute the keys of a variant's layers for one arch and look them up in the cache.
-///
-/// `locked` maps a layer's position to its locked packages, which are part of its key.
-pub fn plan(
-    project: &Project,
-    variant: &Variant,
-    arch: &str,
-    store: &LayerStore,
-    epoch: u64,
-    locked: &BTreeMap<usize, LockedLayer>,
-    apt_sources: Option<&str>,
-) -> Result<Vec<PlannedLayer>, BuildError> {
-    let mut parent: Option<Sha256Digest> = None;
-    let mut out = Vec::new();
-    for (i, name) in variant.layers.iter().enumerate() {
-        let l = project.layer(name);
-        let extra = match locked.get(&i) {
-            Some(entry) => serde_json::json!({
-                "bootstrap": entry.bootstrap,
-                "apt_sources": if entry.bootstrap { apt_sources } else { None },
-                "packages": entry.packages.iter().map(|p| (&p.name, &p.version, &p.architecture, p.sha256)).collect::<Vec<_>>(),
-            }),
-            None => serde_json::Value::Null,
-        };
-        let key = layer::layer_key(l, arch, variant.compression, epoch, parent.as_ref(), &extra)?;
-        out.push(PlannedLayer {
-            name: name.clone(),
-            key,
-            cached: store.get(&key),
-            packages: locked.get(&i).cloned(),
-        });
-        parent = Some(key);
-    }
-    Ok(out)
 }
 
 /// What happened to one layer.
@@ -256,148 +128,173 @@ pub async fn build(
     opts: &BuildOptions,
     progress: &dyn Progress,
 ) -> Result<BuildReport, BuildError> {
+    let mut session = Session::open(project, opts.session())?;
+    build_in(&mut session, project, variants, opts, progress).await
+}
+
+/// [`build`] in an open session.
+pub async fn build_in(
+    session: &mut Session,
+    project: &Project,
+    variants: &[&Variant],
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildReport, BuildError> {
     let git = GitInfo::discover(&project.root);
-    // Expand every tag first, so a bad template fails before any work.
-    let mut tags_of = BTreeMap::new();
-    for v in variants {
-        let tags = v
-            .tags
-            .iter()
-            .map(|t| {
-                crate::publish::expand_tag(t, &tag_vars(&git, opts.epoch, opts.version.as_deref()))
-                    .map_err(|e| BuildError::Tag {
-                        variant: v.key.clone(),
-                        tag: t.clone(),
-                        message: e.to_string(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        tags_of.insert(v.key.clone(), tags);
-    }
-    let store = LayerStore::open(&opts.cache_dir)?;
-    let fetcher = Fetcher::new(
-        store.cas().clone(),
-        FetchOptions {
-            offline: opts.offline,
-            net: opts.net.clone(),
-            ..FetchOptions::default()
-        },
+    let tags = expand_tags(
+        variants,
+        &TagVars::new(&git, opts.epoch, opts.version.as_deref()),
     )?;
-    let mut resolver = Resolver::new(&fetcher);
-    let lock_path = project.root.join(LOCK_FILE);
-    let original_lock = LockFile::read(&lock_path)?;
-    let mut lock = original_lock.clone().unwrap_or_else(|| LockFile {
-        lock_version: crate::debian::lock::LOCK_VERSION,
-        ..Default::default()
-    });
-    let mode = if opts.offline {
-        LockMode::Offline
-    } else {
-        LockMode::Frozen
-    };
-    // Resolve (or read from the lock) every package layer before building anything.
-    let mut locked_of: BTreeMap<(String, String), BTreeMap<usize, LockedLayer>> = BTreeMap::new();
-    for v in variants {
-        for arch in &v.archs {
-            let layers = resolver
-                .lock_variant(project, v, arch, &mut lock, mode)
-                .await?;
-            locked_of.insert(
-                (v.key.clone(), arch.clone()),
-                layers.into_iter().map(|l| (l.position, l.locked)).collect(),
-            );
-        }
-    }
+    let plans = plan_all(session, project, variants).await?;
+    let layout = Layout::open_or_create(&opts.layout_dir)?;
     let ctx = BuildCtx {
         project,
-        store: &store,
-        fetcher: &fetcher,
-        resolver: &resolver,
+        session,
         opts,
         progress,
+        layout: &layout,
     };
-    let layout = Layout::open_or_create(&opts.layout_dir)?;
     let mut reports = Vec::new();
-    let mut refs: Vec<(String, Vec<Descriptor>)> = Vec::new();
-    for v in variants {
-        let mut arch_reports = Vec::new();
-        let mut manifests = Vec::new();
-        let tags = &tags_of[&v.key];
-        let annotations = standard_annotations(v, &git, opts, tags);
-        let mut labels = annotations.clone();
-        labels.extend(v.config.labels.clone());
-        let mut annotations = annotations;
-        annotations.extend(v.config.annotations.clone());
-        for arch in &v.archs {
-            let layers =
-                build_arch(&ctx, v, arch, &locked_of[&(v.key.clone(), arch.clone())]).await?;
-            let image_layers: Vec<ImageLayer> = layers
-                .iter()
-                .map(|(r, rec)| {
-                    let l = project.layer(&r.name);
-                    ImageLayer {
-                        blob: rec.blob.clone(),
-                        name: r.name.clone(),
-                        comment: l.spec.description.clone(),
-                    }
-                })
-                .collect();
-            for il in &image_layers {
-                layout.put_blob_file(&store.cas().path(&il.blob.digest), &il.blob.digest)?;
-            }
-            let written = oci::write_manifest(
-                &layout,
-                arch,
-                &image_layers,
-                &v.config,
-                &labels,
-                &annotations,
-                opts.epoch,
-            )?;
-            arch_reports.push(ArchReport {
-                arch: arch.clone(),
-                manifest: written.descriptor.digest,
-                config: written.config.expect("manifests have configs"),
-                layers: layers.into_iter().map(|(r, _)| r).collect(),
-            });
-            manifests.push(written.descriptor);
-        }
-        let top = if manifests.len() == 1 {
-            let mut d = manifests.pop().expect("one manifest");
-            d.platform = None;
-            d
-        } else {
-            oci::write_index(&layout, manifests, &annotations)?.descriptor
-        };
-        let descriptors = tags
-            .iter()
-            .map(|t| {
-                let mut d = top.clone();
-                d.annotations
-                    .insert(REF_NAME.into(), format!("{}:{t}", v.name));
-                d
-            })
-            .collect();
-        refs.push((v.name.clone(), descriptors));
-        reports.push(VariantReport {
-            variant: v.key.clone(),
-            name: v.name.clone(),
-            refs: tags.iter().map(|t| format!("{}:{t}", v.name)).collect(),
-            digest: top.digest,
-            media_type: top.media_type.clone(),
-            archs: arch_reports,
-        });
+    let mut refs = Vec::new();
+    for (v, tags) in variants.iter().zip(&tags) {
+        let (report, descriptors) = build_variant(&ctx, v, &plans, tags, &git).await?;
+        reports.push(report);
+        refs.extend(descriptors);
     }
-    if original_lock.as_ref() != Some(&lock) && !lock.layers.is_empty() {
-        lock.write(&lock_path)?;
-    }
-    for (name, descriptors) in refs {
-        layout.set_refs(&name, descriptors)?;
-    }
+    session.save_lock()?;
+    layout.set_refs(refs)?;
     Ok(BuildReport {
         layout: opts.layout_dir.clone(),
         variants: reports,
     })
+}
+
+/// Expand every tag first, so a bad template fails before any work.
+fn expand_tags(variants: &[&Variant], vars: &TagVars) -> Result<Vec<Vec<String>>, BuildError> {
+    variants
+        .iter()
+        .map(|v| {
+            v.tags
+                .iter()
+                .map(|t| {
+                    crate::git::expand_tag(t, vars).map_err(|e| BuildError::Tag {
+                        variant: v.key.clone(),
+                        tag: t.clone(),
+                        message: e.to_string(),
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+type Plans = BTreeMap<(String, String), ArchPlan>;
+
+/// Resolve (or read from the lock) and key every layer of every variant and arch before
+/// building anything, so a resolution error costs no build time.
+async fn plan_all(
+    session: &mut Session,
+    project: &Project,
+    variants: &[&Variant],
+) -> Result<Plans, BuildError> {
+    let mut plans = BTreeMap::new();
+    for v in variants {
+        for arch in &v.archs {
+            let plan = session.plan(project, v, arch).await?;
+            plans.insert((v.key.clone(), arch.clone()), plan);
+        }
+    }
+    Ok(plans)
+}
+
+/// Build every arch of one variant into the layout; returns its report and the ref
+/// descriptors to publish once everything has succeeded.
+async fn build_variant(
+    ctx: &BuildCtx<'_>,
+    v: &Variant,
+    plans: &Plans,
+    tags: &[String],
+    git: &GitInfo,
+) -> Result<(VariantReport, Vec<Descriptor>), BuildError> {
+    let annotations = standard_annotations(v, git, ctx.opts, tags);
+    let mut labels = annotations.clone();
+    labels.extend(v.config.labels.clone());
+    let mut annotations = annotations;
+    annotations.extend(v.config.annotations.clone());
+    let mut arch_reports = Vec::new();
+    let mut manifests = Vec::new();
+    for arch in &v.archs {
+        let plan = &plans[&(v.key.clone(), arch.clone())];
+        let layers = assemble_layers(ctx, v, plan).await?;
+        let (report, descriptor) = write_image(ctx, v, arch, layers, &labels, &annotations)?;
+        arch_reports.push(report);
+        manifests.push(descriptor);
+    }
+    let top = if manifests.len() == 1 {
+        let mut d = manifests.pop().expect("one manifest");
+        d.platform = None;
+        d
+    } else {
+        oci::write_index(ctx.layout, manifests, &annotations)?.descriptor
+    };
+    let refs: Vec<String> = tags.iter().map(|t| format!("{}:{t}", v.name)).collect();
+    let descriptors = refs
+        .iter()
+        .map(|r| {
+            let mut d = top.clone();
+            d.annotations.insert(REF_NAME.into(), r.clone());
+            d
+        })
+        .collect();
+    let report = VariantReport {
+        variant: v.key.clone(),
+        name: v.name.clone(),
+        refs,
+        digest: top.digest,
+        media_type: top.media_type.clone(),
+        archs: arch_reports,
+    };
+    Ok((report, descriptors))
+}
+
+/// Put one arch's layer blobs into the layout and write its config and manifest.
+fn write_image(
+    ctx: &BuildCtx<'_>,
+    v: &Variant,
+    arch: &str,
+    layers: Vec<(LayerReport, LayerRecord)>,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Result<(ArchReport, Descriptor), BuildError> {
+    let image_layers: Vec<ImageLayer> = layers
+        .iter()
+        .map(|(r, rec)| ImageLayer {
+            blob: rec.blob.clone(),
+            name: r.name.clone(),
+            comment: ctx.project.layer(&r.name).spec.description.clone(),
+        })
+        .collect();
+    let cas = ctx.session.store().cas();
+    for il in &image_layers {
+        ctx.layout
+            .put_blob_file(&cas.path(&il.blob.digest), &il.blob.digest)?;
+    }
+    let written = oci::write_manifest(
+        ctx.layout,
+        arch,
+        &image_layers,
+        &v.config,
+        labels,
+        annotations,
+        ctx.opts.epoch,
+    )?;
+    let report = ArchReport {
+        arch: arch.to_string(),
+        manifest: written.descriptor.digest,
+        config: written.config.expect("manifests have configs"),
+        layers: layers.into_iter().map(|(r, _)| r).collect(),
+    };
+    Ok((report, written.descriptor))
 }
 
 fn standard_annotations(
@@ -432,73 +329,27 @@ fn standard_annotations(
 
 struct BuildCtx<'a> {
     project: &'a Project,
-    store: &'a LayerStore,
-    fetcher: &'a Fetcher,
-    resolver: &'a Resolver<'a>,
+    session: &'a Session,
     opts: &'a BuildOptions,
     progress: &'a dyn Progress,
+    layout: &'a Layout,
 }
 
-async fn build_arch(
+/// Take each planned layer from the cache or build it, bottom first.
+async fn assemble_layers(
     ctx: &BuildCtx<'_>,
     v: &Variant,
-    arch: &str,
-    locked: &BTreeMap<usize, LockedLayer>,
+    plan: &ArchPlan,
 ) -> Result<Vec<(LayerReport, LayerRecord)>, BuildError> {
-    let (project, store, opts, progress) = (ctx.project, ctx.store, ctx.opts, ctx.progress);
-    let bases = ctx.resolver.suite_bases(&v.debian, arch)?;
-    let apt_sources = crate::debian::packages::image_apt_sources(&v.debian, &bases);
-    let planned = plan(
-        project,
-        v,
-        arch,
-        store,
-        opts.epoch,
-        locked,
-        apt_sources.as_deref(),
-    )?;
+    let arch = plan.arch.as_str();
     let mut done: Vec<(Sha256Digest, LayerRecord)> = Vec::new();
     let mut out = Vec::new();
-    for p in planned {
-        let (record, cached) = match p.cached {
-            Some(rec) => (rec, true),
+    for p in &plan.layers {
+        let (record, cached) = match &p.cached {
+            Some(rec) => (rec.clone(), true),
             None => {
-                progress.layer_started(&v.key, arch, &p.name);
-                let l = project.layer(&p.name);
-                let archives = fetch_archives(ctx.fetcher, l, arch, progress).await?;
-                let rec = if l.needs_rootfs() {
-                    let debs = match &p.packages {
-                        Some(entry) => {
-                            let bases = ctx.resolver.suite_bases(&v.debian, arch)?;
-                            ctx.resolver
-                                .fetch_debs(&entry.packages, &bases, progress)
-                                .await?
-                        }
-                        None => Vec::new(),
-                    };
-                    let sources = p
-                        .packages
-                        .as_ref()
-                        .filter(|e| e.bootstrap)
-                        .and(apt_sources.as_deref());
-                    tokio::task::block_in_place(|| {
-                        build_rootfs_layer(ctx, v, arch, &p, &done, &debs, &archives, sources)
-                    })?
-                } else {
-                    let lower = LowerView::new(store, &done)?;
-                    let tree = layer::assemble_pure(
-                        l,
-                        &PureInputs {
-                            arch,
-                            epoch: opts.epoch,
-                            archives: &archives,
-                            lower: &lower,
-                        },
-                    )?;
-                    let entries: Vec<&Entry> = tree.entries().collect();
-                    seal(store, &p, &entries, opts.epoch, v.compression)?
-                };
-                (rec, false)
+                ctx.progress.layer_started(&v.key, arch, &p.name);
+                (assemble_layer(ctx, v, plan, p, &done).await?, false)
             }
         };
         let report = LayerReport {
@@ -509,30 +360,75 @@ async fn build_arch(
             size: record.blob.size,
             cached,
         };
-        progress.layer_finished(&v.key, arch, &report);
+        ctx.progress.layer_finished(&v.key, arch, &report);
         done.push((p.key, record.clone()));
         out.push((report, record));
     }
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Build one layer that is not cached: fetch its inputs, then assemble it purely from its
+/// spec, or in a rootfs of the layers below when it installs packages or runs steps.
+async fn assemble_layer(
+    ctx: &BuildCtx<'_>,
+    v: &Variant,
+    plan: &ArchPlan,
+    p: &PlannedLayer,
+    done: &[(Sha256Digest, LayerRecord)],
+) -> Result<LayerRecord, BuildError> {
+    let (arch, store) = (plan.arch.as_str(), ctx.session.store());
+    let l = ctx.project.layer(&p.name);
+    let archives = ctx.session.fetch_archives(l, arch, ctx.progress).await?;
+    if l.needs_rootfs() {
+        let debs = ctx.session.fetch_debs(plan, p, ctx.progress).await?;
+        let sources = p
+            .packages
+            .as_ref()
+            .filter(|e| e.bootstrap)
+            .and(plan.apt_sources.as_deref());
+        let inputs = RootfsInputs {
+            debs: &debs,
+            archives: &archives,
+            apt_sources: sources,
+        };
+        return tokio::task::block_in_place(|| build_rootfs_layer(ctx, v, arch, p, done, &inputs));
+    }
+    let lower = LowerView::new(store, done)?;
+    let tree = layer::assemble_pure(
+        l,
+        &PureInputs {
+            arch,
+            epoch: ctx.opts.epoch,
+            archives: &archives,
+            lower: &lower,
+        },
+    )?;
+    let entries: Vec<&Entry> = tree.entries().collect();
+    seal(store, p, &entries, ctx.opts.epoch, v.compression)
+}
+
+/// What a rootfs layer installs besides its spec.
+struct RootfsInputs<'a> {
+    debs: &'a [PathBuf],
+    archives: &'a [PathBuf],
+    apt_sources: Option<&'a str>,
+}
+
 fn build_rootfs_layer(
     ctx: &BuildCtx<'_>,
     v: &Variant,
     arch: &str,
     p: &PlannedLayer,
     done: &[(Sha256Digest, LayerRecord)],
-    debs: &[PathBuf],
-    archives: &[PathBuf],
-    apt_sources: Option<&str>,
+    inputs: &RootfsInputs<'_>,
 ) -> Result<LayerRecord, BuildError> {
+    let store = ctx.session.store();
     let rootfs_cache = crate::rootfs::RootfsCache::new(&ctx.opts.cache_dir);
     let lowers = done
         .iter()
         .map(|(_, rec)| {
             rootfs_cache.ensure(
-                &ctx.store.cas().path(&rec.blob.digest),
+                &store.cas().path(&rec.blob.digest),
                 &rec.blob.media_type,
                 &rec.blob.diff_id,
             )
@@ -544,13 +440,13 @@ fn build_rootfs_layer(
         epoch: ctx.opts.epoch,
         lowers,
         packages: p.packages.as_ref(),
-        debs,
-        archives,
-        apt_sources,
+        debs: inputs.debs,
+        archives: inputs.archives,
+        apt_sources: inputs.apt_sources,
         scratch: &ctx.opts.cache_dir.join("tmp"),
     })?;
     let entries: Vec<&Entry> = built.entries.iter().collect();
-    let rec = seal(ctx.store, p, &entries, ctx.opts.epoch, v.compression)?;
+    let rec = seal(store, p, &entries, ctx.opts.epoch, v.compression)?;
     // The upper dir already is this layer unpacked; keep it for the layers above.
     let dest = rootfs_cache.path(&rec.blob.diff_id);
     if !dest.exists() {
@@ -579,22 +475,4 @@ fn seal(
     };
     store.put(&p.key, &rec, &tarball::meta_index(entries.iter().copied()))?;
     Ok(rec)
-}
-
-async fn fetch_archives(
-    fetcher: &Fetcher,
-    l: &crate::spec::Layer,
-    arch: &str,
-    progress: &dyn FetchProgress,
-) -> Result<Vec<PathBuf>, BuildError> {
-    let items = layer::archive_sources(l, arch)?
-        .into_iter()
-        .map(|(url, sha256)| crate::fetch::FetchItem {
-            label: url.clone(),
-            url,
-            sha256,
-            size: None,
-        })
-        .collect();
-    Ok(fetcher.fetch_all(items, progress).await?)
 }

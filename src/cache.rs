@@ -174,7 +174,9 @@ impl CasWriter {
         // Read-only: layouts hardlink these files, so a write through a layout must not
         // silently change the cache.
         tmp.as_file()
-            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                0o444 & !crate::fsutil::umask(),
+            ))
             .map_err(io_err(&dest))?;
         tmp.as_file().sync_data().map_err(io_err(&dest))?;
         tmp.persist(&dest).map_err(|e| io_err(&dest)(e.error))?;

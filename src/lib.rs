@@ -2,7 +2,8 @@
 //!
 //! The pipeline, one module per stage: [`spec`] (variant YAML) → [`debian`] (resolve/lock)
 //! → [`fetch`] (downloads into the [`cache`]) → [`layer`] (assemble and seal layers)
-//! → [`oci`] (image layouts) → [`publish`] (registries and exports); [`build`] drives it.
+//! → [`oci`] (image layouts) → [`publish`] (registries and exports); [`session`] owns the shared
+//! state and [`build`] drives the steps. `ARCHITECTURE.md` maps every stage and seam.
 //! [`net`] holds the retry policy and timeouts every HTTP client shares; [`rootfs`] mounts
 //! and sandboxes root filesystems for layer builds, `hakim run` and `hakim test`.
 
@@ -12,11 +13,15 @@ pub mod debian;
 pub mod digest;
 pub mod export;
 pub mod fetch;
+pub mod fsutil;
+pub mod git;
 pub mod janitor;
 pub mod layer;
+pub mod media;
 pub mod net;
 pub mod oci;
 pub mod prune;
 pub mod publish;
 pub mod rootfs;
+pub mod session;
 pub mod spec;

@@ -2,15 +2,13 @@
 
 use anyhow::Result;
 use clap::Args;
-use hakim::debian::lock::{LOCK_FILE, LockFile};
-use hakim::debian::packages::{LockMode, Resolver};
-use hakim::fetch::{FetchOptions, Fetcher};
-use hakim::layer::store::LayerStore;
+use hakim::session::{Session, SessionOptions};
 
 use super::{
     Paths,
     exit::Status,
     progress::{Reporter, size},
+    source_date_epoch,
 };
 
 /// Arguments of `hakim fetch`.
@@ -27,40 +25,22 @@ pub struct FetchArgs {
 pub async fn run(paths: &Paths, args: FetchArgs) -> Result<Status> {
     let project = paths.load()?;
     let selected = project.select(&args.variants)?;
-    let store = LayerStore::open(&paths.cache)?;
     let reporter = std::sync::Arc::new(Reporter::new(false));
-    let fetcher = Fetcher::new(
-        store.cas().clone(),
-        FetchOptions {
-            offline: args.offline,
-            net: paths.net(reporter.clone()),
-            ..FetchOptions::default()
-        },
+    let mut session = Session::open(
+        &project,
+        SessionOptions::for_build(
+            &paths.cache,
+            source_date_epoch()?,
+            args.offline,
+            paths.net(reporter.clone()),
+        ),
     )?;
-    let mut resolver = Resolver::new(&fetcher);
-    let mut lock = LockFile::read(&project.root.join(LOCK_FILE))?.unwrap_or_default();
-    let mode = if args.offline {
-        LockMode::Offline
-    } else {
-        LockMode::Frozen
-    };
     let mut total = 0;
     for v in &selected {
-        for arch in &v.archs {
-            let layers = resolver
-                .lock_variant(&project, v, arch, &mut lock, mode)
-                .await?;
-            let bases = resolver.suite_bases(&v.debian, arch)?;
-            for l in layers {
-                total += resolver
-                    .fetch_debs(&l.locked.packages, &bases, &*reporter)
-                    .await?
-                    .len();
-            }
-        }
+        total += session.fetch_variant_debs(&project, v, &*reporter).await?;
     }
     reporter.finish();
-    let stats = fetcher.stats();
+    let stats = session.fetcher().stats();
     println!(
         "{total} packages in the cache; {} requests, {} downloaded",
         stats.requests,

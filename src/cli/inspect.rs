@@ -4,11 +4,8 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use clap::Args;
-use hakim::build::{self, PlannedLayer};
-use hakim::debian::lock::{LOCK_FILE, LockFile};
-use hakim::debian::packages::{self, LockMode, Resolver};
-use hakim::fetch::{FetchOptions, Fetcher};
-use hakim::layer::store::LayerStore;
+use hakim::debian::packages::LockMode;
+use hakim::session::{PlannedLayer, Session, SessionOptions};
 use hakim::spec::Variant;
 
 use super::{Paths, exit::Status, print_json, progress::size, source_date_epoch};
@@ -34,45 +31,31 @@ pub async fn run(paths: &Paths, args: InspectArgs) -> Result<Status> {
     let project = paths.load()?;
     let v = project.variant(&args.variant)?;
     let arch = args.arch.clone().unwrap_or_else(|| v.archs[0].clone());
-    let store = LayerStore::open(&paths.cache)?;
-    let mut lock = LockFile::read(&project.root.join(LOCK_FILE))?.unwrap_or_default();
-    let fetcher = Fetcher::new(
-        store.cas().clone(),
-        FetchOptions {
+    // Without --packages, inspect reads only the lock and the cache.
+    let mut session = Session::open(
+        &project,
+        SessionOptions {
+            cache_dir: paths.cache.clone(),
+            epoch: source_date_epoch()?,
             offline: !args.packages,
+            lock_mode: if args.packages {
+                LockMode::Refresh
+            } else {
+                LockMode::Offline
+            },
             net: paths.net(std::sync::Arc::new(super::progress::RetryLines)),
-            ..FetchOptions::default()
         },
     )?;
-    let mut resolver = Resolver::new(&fetcher);
-    let mode = if args.packages {
-        LockMode::Refresh
-    } else {
-        LockMode::Offline
-    };
     // Without --packages a missing lock entry only means packages are not shown.
-    let locked: BTreeMap<usize, _> = match resolver
-        .lock_variant(&project, v, &arch, &mut lock, mode)
-        .await
-    {
-        Ok(layers) => layers.into_iter().map(|l| (l.position, l.locked)).collect(),
+    let locked = match session.lock_layers(&project, v, &arch).await {
+        Ok(locked) => locked,
         Err(e) if !args.packages => {
             eprintln!("note: {e}");
             BTreeMap::new()
         }
         Err(e) => return Err(e.into()),
     };
-    let bases = resolver.suite_bases(&v.debian, &arch)?;
-    let apt_sources = packages::image_apt_sources(&v.debian, &bases);
-    let planned = build::plan(
-        &project,
-        v,
-        &arch,
-        &store,
-        source_date_epoch()?,
-        &locked,
-        apt_sources.as_deref(),
-    )?;
+    let planned = session.plan_locked(&project, v, &arch, &locked)?.layers;
     if args.json {
         print_json(&inspect_json(v, &arch, &planned))?;
     } else {

@@ -4,10 +4,9 @@ use anyhow::Result;
 use clap::Args;
 use hakim::debian::lock::LOCK_FILE;
 use hakim::debian::packages;
-use hakim::fetch::{FetchOptions, Fetcher};
-use hakim::layer::store::LayerStore;
+use hakim::session::{Session, SessionOptions};
 
-use super::{Paths, exit::Status, print_json};
+use super::{Paths, exit::Status, print_json, source_date_epoch};
 
 /// Arguments of `hakim lock`.
 #[derive(Args)]
@@ -26,13 +25,17 @@ pub struct LockArgs {
 pub async fn run(paths: &Paths, args: LockArgs) -> Result<Status> {
     let project = paths.load()?;
     let selected = project.select(&args.variants)?;
-    let store = LayerStore::open(&paths.cache)?;
-    let options = FetchOptions {
-        net: paths.net(std::sync::Arc::new(super::progress::RetryLines)),
-        ..FetchOptions::default()
-    };
-    let fetcher = Fetcher::new(store.cas().clone(), options)?;
-    let report = packages::lock_project(&project, &selected, &fetcher, args.update).await?;
+    let session = Session::open(
+        &project,
+        SessionOptions::for_build(
+            &paths.cache,
+            source_date_epoch()?,
+            false,
+            paths.net(std::sync::Arc::new(super::progress::RetryLines)),
+        ),
+    )?;
+    let report =
+        packages::lock_project(&project, &selected, session.fetcher().clone(), args.update).await?;
     if args.json {
         print_json(&report)?;
         return Ok(Status::SUCCESS);

@@ -1,12 +1,11 @@
 //! `hakim push`: build if needed, then push each variant with its tags.
 
 use std::io::Read;
-use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use hakim::build::{BuildReport, GitInfo, tag_vars};
+use hakim::build::BuildReport;
+use hakim::git::{GitInfo, TagVars};
 use hakim::publish::{
     Credentials, Publisher, PushOptions, PushReport, expand_tag, release_tags, step_summary,
 };
@@ -81,22 +80,6 @@ pub async fn run(paths: &Paths, args: PushArgs) -> Result<Status> {
     Ok(Status::SUCCESS)
 }
 
-fn git_clean(dir: &Path) -> Result<bool> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["status", "--porcelain"])
-        .output()
-        .context("running git status")?;
-    if !out.status.success() {
-        bail!(
-            "--release needs a git checkout: `git status` failed in {}",
-            dir.display()
-        );
-    }
-    Ok(out.stdout.is_empty())
-}
-
 /// Push every built variant of `built` to `args.registry`.
 async fn push(
     paths: &Paths,
@@ -124,13 +107,19 @@ async fn push(
         ));
     }
     let git = GitInfo::discover(project_root);
-    let vars = tag_vars(&git, epoch, version.or(args.release.as_deref()));
+    let vars = TagVars::new(&git, epoch, version.or(args.release.as_deref()));
     let mut extra = Vec::new();
     for t in &args.tags {
         extra.push(expand_tag(t, &vars)?);
     }
     if let Some(r) = &args.release {
-        if !git_clean(project_root)? {
+        let clean = GitInfo::is_clean(project_root).with_context(|| {
+            format!(
+                "--release needs a git checkout: `git status` failed in {}",
+                project_root.display()
+            )
+        })?;
+        if !clean {
             bail!(
                 "--release {r}: the git tree has uncommitted changes; release tags are only pushed from a clean tree"
             );

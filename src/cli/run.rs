@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use hakim::rootfs::{self, MountedImage, RootfsCache, image};
 
-use super::{Paths, exit::Status, pick_arch, source_date_epoch};
+use super::{Paths, exit::Status, pick_arch};
 
 /// Arguments of `hakim run`.
 #[derive(Args)]
@@ -14,7 +14,7 @@ pub struct RunArgs {
     /// Architecture (default: this machine's, when the variant has it).
     #[arg(long)]
     pub arch: Option<String>,
-    /// Tag to run (default: the variant's first tag found in the layout).
+    /// Tag to run (default: the newest build's ref matching the variant's tags).
     #[arg(long)]
     pub tag: Option<String>,
     /// Share the host network.
@@ -34,8 +34,7 @@ pub fn run(paths: &Paths, args: RunArgs) -> Result<Status> {
     let project = paths.load()?;
     let v = project.variant(&args.variant)?;
     let arch = pick_arch(v, args.arch);
-    let refs = image::variant_refs(&project.root, v, source_date_epoch()?, args.tag.as_deref());
-    let img = rootfs::resolve_image(&paths.layout(), &v.key, &refs, &arch)?;
+    let img = rootfs::find_variant_image(&paths.layout(), v, args.tag.as_deref(), &arch)?;
     let mounted = MountedImage::mount(&img, &RootfsCache::new(&paths.cache))?;
     let mut sb = mounted.sandbox(args.user.as_deref())?;
     sb.network = args.network;

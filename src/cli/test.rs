@@ -2,9 +2,9 @@
 
 use anyhow::Result;
 use clap::Args;
-use hakim::rootfs::{self, RootfsCache, check, image};
+use hakim::rootfs::{self, RootfsCache, check};
 
-use super::{Paths, exit::Status, pick_arch, print_json, source_date_epoch};
+use super::{Paths, exit::Status, pick_arch, print_json};
 
 /// Arguments of `hakim test`.
 #[derive(Args)]
@@ -29,12 +29,10 @@ pub struct TestArgs {
 pub fn run(paths: &Paths, args: TestArgs) -> Result<Status> {
     let project = paths.load()?;
     let cache = RootfsCache::new(&paths.cache);
-    let epoch = source_date_epoch()?;
     let mut results = Vec::new();
     for v in project.select(&args.variants)? {
         let arch = pick_arch(v, args.arch.clone());
-        let refs = image::variant_refs(&project.root, v, epoch, None);
-        let img = rootfs::resolve_image(&paths.layout(), &v.key, &refs, &arch)?;
+        let img = rootfs::find_variant_image(&paths.layout(), v, None, &arch)?;
         let r = check::test_variant(
             &v.key,
             &arch,

@@ -122,7 +122,7 @@ impl LockFile {
     pub fn write(&self, path: &Path) -> Result<(), LockError> {
         let mut text = serde_json::to_string_pretty(self).expect("lock serializes");
         text.push('\n');
-        crate::oci::layout::write_atomic(path, text.as_bytes()).map_err(|e| LockError::Invalid {
+        crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|e| LockError::Invalid {
             path: path.into(),
             message: e.to_string(),
         })

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -136,8 +137,8 @@ struct Loaded {
 }
 
 /// The stage's state across variants in one run (repositories are loaded once).
-pub struct Resolver<'a> {
-    fetcher: &'a Fetcher,
+pub struct Resolver {
+    fetcher: Arc<Fetcher>,
     ctx: HostContext,
     loaded: BTreeMap<String, Loaded>,
 }
@@ -153,9 +154,9 @@ pub struct LayerPackages {
     pub locked: LockedLayer,
 }
 
-impl<'a> Resolver<'a> {
+impl Resolver {
     /// A resolver using `fetcher` and this host's mirror configuration.
-    pub fn new(fetcher: &'a Fetcher) -> Self {
+    pub fn new(fetcher: Arc<Fetcher>) -> Self {
         Self {
             fetcher,
             ctx: HostContext::current(),
@@ -178,7 +179,7 @@ impl<'a> Resolver<'a> {
         ))
         .expect("key serializes");
         if !self.loaded.contains_key(&key) {
-            let indexes = repo::load_with(spec, self.fetcher, &self.ctx).await?;
+            let indexes = repo::load_with(spec, &self.fetcher, &self.ctx).await?;
             let mut index = PackageIndex::new(&spec.archs[0]);
             let mut bases = BTreeMap::new();
             for s in &indexes.suites {
@@ -336,7 +337,7 @@ pub struct LockedVariant {
 pub async fn lock_project(
     project: &Project,
     variants: &[&Variant],
-    fetcher: &Fetcher,
+    fetcher: Arc<Fetcher>,
     update: bool,
 ) -> Result<Vec<LockedVariant>, LockProjectError> {
     let path = project.root.join(crate::debian::lock::LOCK_FILE);

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::store::{LayerRecord, LayerStore, write_atomic};
+use super::store::{LayerRecord, LayerStore};
 use super::tarball::LayerBlob;
 use crate::cache::BlobState;
 use crate::digest::Sha256Digest;
+use crate::fsutil::write_atomic;
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Stamp {

@@ -11,6 +11,7 @@ use super::entry::Meta;
 use super::tarball::LayerBlob;
 use crate::cache::Cas;
 use crate::digest::Sha256Digest;
+use crate::fsutil::write_atomic;
 
 /// Errors from the layer cache.
 #[derive(Debug, thiserror::Error)]
@@ -150,20 +151,13 @@ impl LayerStore {
     }
 }
 
-/// Write a file via a temp file in the same directory and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let io_err = |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&crate::janitor::tmp_prefix())
-        .tempfile_in(dir)
-        .map_err(io_err)?;
-    io::Write::write_all(&mut tmp, bytes).map_err(io_err)?;
-    tmp.persist(path).map_err(|e| io_err(e.error))?;
-    Ok(())
+impl From<crate::fsutil::FsError> for StoreError {
+    fn from(e: crate::fsutil::FsError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 /// What a layer being built can see of the layers below it.

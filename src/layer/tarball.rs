@@ -48,8 +48,8 @@ pub enum TarError {
 /// The OCI media type for a compression.
 pub fn media_type(c: Compression) -> &'static str {
     match c {
-        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        Compression::Gzip => crate::media::LAYER_GZIP,
+        Compression::Zstd => crate::media::LAYER_ZSTD,
     }
 }
 

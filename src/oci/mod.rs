@@ -1,5 +1,6 @@
 //! Writing images: configs, manifests and indexes into an OCI layout.
 
+pub mod canonical;
 pub mod layout;
 pub mod model;
 
@@ -8,7 +9,7 @@ use std::collections::BTreeMap;
 use crate::digest::Sha256Digest;
 use crate::layer::tarball::LayerBlob;
 use crate::spec::ImageConfigSpec;
-pub use layout::{Layout, LayoutError};
+pub use layout::{FoundImage, Layout, LayoutError};
 use model::*;
 
 /// One layer of an image, with the history it records.
@@ -105,12 +106,12 @@ pub fn write_manifest(
     epoch: u64,
 ) -> Result<Written, LayoutError> {
     let config = image_config(arch, layers, spec, labels, epoch);
-    let config_bytes = serde_json::to_vec(&config).expect("config serializes");
+    let config_bytes = canonical::to_vec(&config);
     check_document_size("config", &config_bytes)?;
     let config_digest = layout.put_blob_bytes(&config_bytes)?;
     let manifest = Manifest {
         schema_version: 2,
-        media_type: MEDIA_MANIFEST.into(),
+        media_type: Some(MEDIA_MANIFEST.into()),
         config: Descriptor {
             media_type: MEDIA_CONFIG.into(),
             digest: config_digest,
@@ -130,7 +131,7 @@ pub fn write_manifest(
             .collect(),
         annotations: annotations.clone(),
     };
-    let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
+    let bytes = canonical::to_vec(&manifest);
     check_document_size("manifest", &bytes)?;
     let digest = layout.put_blob_bytes(&bytes)?;
     Ok(Written {
@@ -157,7 +158,7 @@ pub fn write_index(
         manifests,
         annotations: annotations.clone(),
     };
-    let bytes = serde_json::to_vec(&index).expect("index serializes");
+    let bytes = canonical::to_vec(&index);
     check_document_size("index", &bytes)?;
     let digest = layout.put_blob_bytes(&bytes)?;
     Ok(Written {

@@ -1,4 +1,4 @@
-//! OCI image JSON documents with deterministic serialization (sorted maps, fixed field order).
+//! OCI image JSON documents (written through [`super::canonical`], so key order is canonical).
 
 use std::collections::BTreeMap;
 
@@ -6,14 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
 
-/// `application/vnd.oci.image.manifest.v1+json`
-pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// `application/vnd.oci.image.index.v1+json`
-pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// `application/vnd.oci.image.config.v1+json`
-pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-/// Annotation naming a reference inside a layout's `index.json`.
-pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+pub use crate::media::{
+    CONFIG as MEDIA_CONFIG, INDEX as MEDIA_INDEX, MANIFEST as MEDIA_MANIFEST, REF_NAME,
+};
 
 /// A content descriptor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,14 +59,34 @@ impl Platform {
     }
 }
 
+impl Platform {
+    /// Whether `other` is this platform (any variant matches when this one names none).
+    pub fn matches(&self, other: &Platform) -> bool {
+        self.architecture == other.architecture
+            && self.os == other.os
+            && (self.variant.is_none() || self.variant == other.variant)
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match &self.variant {
+            Some(v) => write!(f, "/{v}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// An image manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     /// Always 2.
     pub schema_version: u32,
-    /// [`MEDIA_MANIFEST`].
-    pub media_type: String,
+    /// [`MEDIA_MANIFEST`] (optional in documents other tools write).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub media_type: Option<String>,
     /// The config blob.
     pub config: Descriptor,
     /// Layer blobs, bottom first.

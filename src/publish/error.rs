@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::digest::Sha256Digest;
 
-use super::tags::TagError;
+use crate::git::TagError;
 
 /// Everything that can go wrong while pushing an image.
 #[derive(Debug, thiserror::Error)]
@@ -14,13 +14,10 @@ pub enum PublishError {
     #[error("OCI layout {path}: {detail}")]
     Layout { path: PathBuf, detail: String },
     /// The requested image is not named in the layout's index.json.
-    #[error(
-        "OCI layout {layout}: no image named `{reference}` in index.json (available: {available})"
-    )]
+    #[error(transparent)]
     RefNotFound {
-        layout: PathBuf,
-        reference: String,
-        available: String,
+        /// [`crate::oci::LayoutError::RefNotFound`], listing the names there are.
+        source: Box<crate::oci::LayoutError>,
     },
     /// The target `<registry>/<repository>` string is not usable.
     #[error("invalid target repository `{target}`: {reason}")]

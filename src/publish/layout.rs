@@ -1,52 +1,16 @@
-//! Reads an OCI image layout and plans what a push must send, leaves first.
+//! Plans what a push must send from an OCI layout, leaves first; [`crate::oci::Layout`] does
+//! all the reading.
 
-use std::collections::{BTreeMap, HashSet};
-use std::fs;
-use std::path::{Path, PathBuf};
-
-use serde::Deserialize;
+use std::collections::HashSet;
 
 use crate::digest::Sha256Digest;
+use crate::oci::model::{self, Index, MEDIA_INDEX, MEDIA_MANIFEST, Manifest};
+use crate::oci::{Layout, LayoutError};
 
 use super::error::{PublishError, Result};
 
-/// OCI image manifest media type.
-pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index media type.
-pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
 // Nested indexes deeper than this are surely a cycle or garbage.
 const MAX_DEPTH: usize = 4;
-
-#[derive(Deserialize)]
-struct RawDescriptor {
-    #[serde(rename = "mediaType")]
-    media_type: Option<String>,
-    digest: String,
-    size: u64,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-    platform: Option<RawPlatform>,
-}
-
-#[derive(Deserialize)]
-struct RawPlatform {
-    architecture: String,
-    os: String,
-    variant: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawIndex {
-    manifests: Vec<RawDescriptor>,
-}
-
-#[derive(Deserialize)]
-struct RawManifest {
-    config: RawDescriptor,
-    #[serde(default)]
-    layers: Vec<RawDescriptor>,
-}
 
 /// A content descriptor taken from the layout.
 #[derive(Clone, Debug)]
@@ -56,6 +20,17 @@ pub(crate) struct Descriptor {
     pub size: u64,
     /// `os/arch[/variant]` when the parent index says so.
     pub platform: Option<String>,
+}
+
+impl From<&model::Descriptor> for Descriptor {
+    fn from(d: &model::Descriptor) -> Self {
+        Self {
+            media_type: d.media_type.clone(),
+            digest: d.digest,
+            size: d.size,
+            platform: d.platform.as_ref().map(ToString::to_string),
+        }
+    }
 }
 
 /// A manifest or index document, with its exact bytes.
@@ -82,175 +57,137 @@ impl PushPlan {
     }
 }
 
-/// Path of a blob inside a layout.
-pub(crate) fn blob_path(dir: &Path, digest: &Sha256Digest) -> PathBuf {
-    dir.join("blobs").join("sha256").join(digest.hex())
+impl From<LayoutError> for PublishError {
+    fn from(e: LayoutError) -> Self {
+        match e {
+            e @ LayoutError::RefNotFound { .. } => Self::RefNotFound {
+                source: Box::new(e),
+            },
+            other => Self::Layout {
+                path: other_path(&other),
+                detail: other.to_string(),
+            },
+        }
+    }
 }
 
-fn layout_err(dir: &Path, detail: impl Into<String>) -> PublishError {
+fn other_path(e: &LayoutError) -> std::path::PathBuf {
+    match e {
+        LayoutError::Io { path, .. } | LayoutError::Invalid { path, .. } => path.clone(),
+        LayoutError::RefNotFound { layout, .. }
+        | LayoutError::NoPlatform { layout, .. }
+        | LayoutError::Corrupt { layout, .. } => layout.clone(),
+        // Only writing a document can be oversized; a push writes none.
+        LayoutError::Oversized { .. } => std::path::PathBuf::new(),
+    }
+}
+
+fn layout_err(layout: &Layout, detail: impl Into<String>) -> PublishError {
     PublishError::Layout {
-        path: dir.to_path_buf(),
+        path: layout.dir().to_path_buf(),
         detail: detail.into(),
     }
 }
 
-fn descriptor(dir: &Path, raw: &RawDescriptor, what: &str) -> Result<Descriptor> {
-    let digest: Sha256Digest = raw
-        .digest
-        .parse()
-        .map_err(|e| layout_err(dir, format!("{what}: {e}")))?;
-    let platform = raw.platform.as_ref().map(|p| {
-        let mut s = format!("{}/{}", p.os, p.architecture);
-        if let Some(v) = &p.variant {
-            s.push('/');
-            s.push_str(v);
-        }
-        s
-    });
-    Ok(Descriptor {
-        media_type: raw.media_type.clone().unwrap_or_default(),
-        digest,
-        size: raw.size,
-        platform,
-    })
-}
-
-/// Plan the push of the image `source_ref` (`name:tag`, or just the bare ref.name) from `dir`.
-pub(crate) fn plan(dir: &Path, source_ref: &str) -> Result<PushPlan> {
-    let marker = dir.join("oci-layout");
-    if !marker.is_file() {
-        return Err(layout_err(
-            dir,
-            "not an OCI image layout (no oci-layout file)",
-        ));
-    }
-    let index_path = dir.join("index.json");
-    let bytes = fs::read(&index_path).map_err(|e| layout_err(dir, format!("index.json: {e}")))?;
-    let index: RawIndex =
-        serde_json::from_slice(&bytes).map_err(|e| layout_err(dir, format!("index.json: {e}")))?;
-    let root = find_ref(dir, &index, source_ref)?;
-    let root = descriptor(dir, root, "index.json")?;
-
-    let mut plan = PushPlan {
-        blobs: Vec::new(),
-        manifests: Vec::new(),
-    };
-    let mut seen_blobs = HashSet::new();
-    let mut seen_docs = HashSet::new();
-    walk(dir, root, 0, &mut plan, &mut seen_blobs, &mut seen_docs)?;
-    Ok(plan)
-}
-
-fn find_ref<'a>(dir: &Path, index: &'a RawIndex, source_ref: &str) -> Result<&'a RawDescriptor> {
-    let name_of = |d: &RawDescriptor| d.annotations.get(REF_NAME).cloned();
-    if let Some(d) = index
-        .manifests
-        .iter()
-        .find(|d| name_of(d).as_deref() == Some(source_ref))
-    {
-        return Ok(d);
-    }
-    // umoci and skopeo record only the tag (`latest`) as ref.name; accept that when unambiguous.
-    if let Some((_, tag)) = source_ref.rsplit_once(':') {
-        let hits: Vec<_> = index
-            .manifests
-            .iter()
-            .filter(|d| name_of(d).as_deref() == Some(tag))
-            .collect();
-        if hits.len() == 1 {
-            return Ok(hits[0]);
-        }
-    }
-    let available: Vec<String> = index.manifests.iter().filter_map(name_of).collect();
-    Err(PublishError::RefNotFound {
-        layout: dir.to_path_buf(),
-        reference: source_ref.to_string(),
-        available: if available.is_empty() {
-            "none".into()
-        } else {
-            available.join(", ")
+/// Plan the push of the image `source_ref` (`name:tag`, or just the bare ref.name) from `layout`.
+pub(crate) fn plan(layout: &Layout, source_ref: &str) -> Result<PushPlan> {
+    let root = layout.resolve_ref(source_ref)?;
+    let mut walk = Walk {
+        layout,
+        plan: PushPlan {
+            blobs: Vec::new(),
+            manifests: Vec::new(),
         },
-    })
+        seen_blobs: HashSet::new(),
+        seen_docs: HashSet::new(),
+    };
+    walk.doc(&root, 0)?;
+    Ok(walk.plan)
 }
 
-fn read_doc(dir: &Path, desc: &Descriptor) -> Result<Vec<u8>> {
-    let path = blob_path(dir, &desc.digest);
-    let bytes = fs::read(&path).map_err(|e| layout_err(dir, format!("{}: {e}", path.display())))?;
-    let actual = Sha256Digest::of(&bytes);
-    if actual != desc.digest || bytes.len() as u64 != desc.size {
-        return Err(layout_err(
-            dir,
-            format!(
-                "blob {} is corrupt: {} bytes hashing to {actual}, descriptor says {} bytes",
-                desc.digest,
-                bytes.len(),
-                desc.size
-            ),
-        ));
-    }
-    Ok(bytes)
+struct Walk<'a> {
+    layout: &'a Layout,
+    plan: PushPlan,
+    seen_blobs: HashSet<Sha256Digest>,
+    seen_docs: HashSet<Sha256Digest>,
 }
 
-fn walk(
-    dir: &Path,
-    desc: Descriptor,
-    depth: usize,
-    plan: &mut PushPlan,
-    seen_blobs: &mut HashSet<Sha256Digest>,
-    seen_docs: &mut HashSet<Sha256Digest>,
-) -> Result<()> {
-    if depth > MAX_DEPTH {
-        return Err(layout_err(
-            dir,
-            format!("image indexes nested deeper than {MAX_DEPTH}"),
-        ));
-    }
-    if !seen_docs.insert(desc.digest) {
-        return Ok(());
-    }
-    let bytes = read_doc(dir, &desc)?;
-    match desc.media_type.as_str() {
-        MEDIA_INDEX => {
-            let index: RawIndex = serde_json::from_slice(&bytes)
-                .map_err(|e| layout_err(dir, format!("image index {}: {e}", desc.digest)))?;
-            for child in &index.manifests {
-                let child = descriptor(dir, child, &format!("image index {}", desc.digest))?;
-                walk(dir, child, depth + 1, plan, seen_blobs, seen_docs)?;
-            }
-        }
-        MEDIA_MANIFEST => {
-            let m: RawManifest = serde_json::from_slice(&bytes)
-                .map_err(|e| layout_err(dir, format!("image manifest {}: {e}", desc.digest)))?;
-            let what = format!("image manifest {}", desc.digest);
-            for raw in std::iter::once(&m.config).chain(&m.layers) {
-                let blob = descriptor(dir, raw, &what)?;
-                if !seen_blobs.insert(blob.digest) {
-                    continue;
-                }
-                let path = blob_path(dir, &blob.digest);
-                crate::cache::verify_file(&path, &blob.digest, blob.size)
-                    .map_err(|e| layout_err(dir, e.to_string()))?;
-                plan.blobs.push(blob);
-            }
-        }
-        other => {
+impl Walk<'_> {
+    fn doc(&mut self, desc: &model::Descriptor, depth: usize) -> Result<()> {
+        if depth > MAX_DEPTH {
             return Err(layout_err(
-                dir,
-                format!(
-                    "{} has media type `{other}`; only OCI image manifests and indexes are pushed",
-                    desc.digest
-                ),
+                self.layout,
+                format!("image indexes nested deeper than {MAX_DEPTH}"),
             ));
         }
+        if !self.seen_docs.insert(desc.digest) {
+            return Ok(());
+        }
+        let bytes = self.layout.read_verified(desc)?;
+        let parse_err = |what: &str, e: serde_json::Error| {
+            layout_err(self.layout, format!("{what} {}: {e}", desc.digest))
+        };
+        match desc.media_type.as_str() {
+            MEDIA_INDEX => {
+                let index: Index =
+                    serde_json::from_slice(&bytes).map_err(|e| parse_err("image index", e))?;
+                for child in &index.manifests {
+                    self.doc(child, depth + 1)?;
+                }
+            }
+            MEDIA_MANIFEST => {
+                let m: Manifest =
+                    serde_json::from_slice(&bytes).map_err(|e| parse_err("image manifest", e))?;
+                for blob in std::iter::once(&m.config).chain(&m.layers) {
+                    self.blob(blob)?;
+                }
+            }
+            other => {
+                return Err(layout_err(
+                    self.layout,
+                    format!(
+                        "{} has media type `{other}`; only OCI image manifests and indexes are pushed",
+                        desc.digest
+                    ),
+                ));
+            }
+        }
+        self.plan.manifests.push(ManifestDoc {
+            desc: desc.into(),
+            bytes,
+        });
+        Ok(())
     }
-    plan.manifests.push(ManifestDoc { desc, bytes });
-    Ok(())
+
+    /// Every blob is verified before a push, so a corrupt cache never reaches a registry.
+    fn blob(&mut self, blob: &model::Descriptor) -> Result<()> {
+        if !self.seen_blobs.insert(blob.digest) {
+            return Ok(());
+        }
+        let path = self.layout.blob_path(&blob.digest);
+        crate::cache::verify_file(&path, &blob.digest, blob.size)
+            .map_err(|e| layout_err(self.layout, e.to_string()))?;
+        self.plan.blobs.push(blob.into());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    use crate::oci::model::REF_NAME;
+    use std::fs;
+    use std::path::Path;
+
+    fn blob_path(dir: &Path, d: &Sha256Digest) -> std::path::PathBuf {
+        dir.join("blobs/sha256").join(d.hex())
+    }
+
+    fn plan(dir: &Path, source_ref: &str) -> Result<PushPlan> {
+        super::plan(&Layout::open(dir)?, source_ref)
+    }
 
     fn put(dir: &Path, bytes: &[u8]) -> serde_json::Value {
         let d = Sha256Digest::of(bytes);

@@ -21,10 +21,11 @@ use serde::Serialize;
 
 use crate::digest::Sha256Digest;
 
+pub use crate::git::{TagError, TagVars, ci_tags, expand_tag, release_tags, validate_tag};
 pub use crate::net::{NetOptions, RetryLog, RetryPolicy};
 pub use auth::{CredentialContext, CredentialOrigin, Credentials, Secret, resolve_credentials};
 pub use error::{PublishError, Result};
-pub use tags::{TagError, TagVars, ci_tags, expand_tag, release_tags, step_summary, validate_tag};
+pub use tags::step_summary;
 
 use layout::plan;
 use registry::{BlobOutcome, Registry};
@@ -286,12 +287,17 @@ impl Publisher {
         }
         let dir = layout_dir.to_path_buf();
         let src = source_ref.to_string();
-        let plan = tokio::task::spawn_blocking(move || plan(&dir, &src))
-            .await
-            .expect("layout reader panicked")?;
+        let (layout, plan) = tokio::task::spawn_blocking(move || {
+            let layout = crate::oci::Layout::open(&dir)?;
+            let plan = plan(&layout, &src)?;
+            Ok::<_, PublishError>((layout, plan))
+        })
+        .await
+        .expect("layout reader panicked")?;
         let (reg, origin) = self.registry(&target)?;
         let repo = target.repository.as_str();
 
+        let layout = &layout;
         let mut blobs = plan.blobs.clone();
         // Biggest first, so the long uploads start early and overlap the small ones.
         blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
@@ -308,7 +314,7 @@ impl Publisher {
                     BlobOutcome::Present
                 } else {
                     let from = self.mount_source(target, &b.digest);
-                    let path = layout::blob_path(layout_dir, &b.digest);
+                    let path = layout.blob_path(&b.digest);
                     reg.with_retry(&format!("push blob {} to {repo}", b.digest), || {
                         reg.push_blob(repo, &b.digest, b.size, &path, from.as_deref())
                     })

@@ -10,12 +10,9 @@ use super::overlay::{self, Overlay};
 use super::sandbox::Sandbox;
 use super::unpack::RootfsCache;
 use super::{RootfsError, io_err};
-use crate::build::{GitInfo, tag_vars};
 use crate::digest::Sha256Digest;
-use crate::oci::model::{
-    Descriptor, ImageConfig, Index, MEDIA_INDEX, Manifest, Platform, REF_NAME,
-};
-use crate::publish::expand_tag;
+use crate::oci::model::{ImageConfig, Platform};
+use crate::oci::{Layout, LayoutError};
 use crate::spec::Variant;
 
 /// PATH when the image config sets none (what container runtimes use).
@@ -59,40 +56,84 @@ pub fn host_arch() -> &'static str {
     }
 }
 
-/// The refs a variant's image may be under (`name:tag` per expandable tag, or just `tag`).
-pub fn variant_refs(
-    project_root: &Path,
+/// The ref the last build of `variant` wrote: `name:tag` when a tag is given, else the refs of
+/// the variant's name in the layout matched against its tag templates in order (no git is
+/// asked and nothing re-expanded, so `{version}` tags are found too). When several matching
+/// refs name different images, the newest build wins; without that record, `--tag` decides.
+pub fn variant_ref(
+    layout: &Layout,
     variant: &Variant,
-    epoch: u64,
     tag: Option<&str>,
-) -> Vec<String> {
+) -> Result<String, RootfsError> {
     if let Some(t) = tag {
-        return vec![format!("{}:{t}", variant.name)];
+        return Ok(format!("{}:{t}", variant.name));
     }
-    let git = GitInfo::discover(project_root);
-    variant
-        .tags
-        .iter()
-        .filter_map(|t| expand_tag(t, &tag_vars(&git, epoch, None)).ok())
-        .map(|t| format!("{}:{t}", variant.name))
-        .collect()
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(
-    layout: &Path,
-    d: &Descriptor,
-) -> Result<T, RootfsError> {
-    let path = layout.join("blobs/sha256").join(d.digest.hex());
-    let bytes = fs::read(&path).map_err(io_err(&path))?;
-    serde_json::from_slice(&bytes).map_err(|e| RootfsError::BadImage {
-        path,
-        message: e.to_string(),
+    let prefix = format!("{}:", variant.name);
+    let refs = layout.refs()?;
+    let newest = layout.newest(&variant.name)?;
+    for template in &variant.tags {
+        let hits: Vec<&(String, _)> = refs
+            .iter()
+            .filter(|(r, _)| {
+                r.strip_prefix(&prefix)
+                    .is_some_and(|t| crate::git::template_matches(template, t))
+            })
+            .collect();
+        let Some((first, d)) = hits.first() else {
+            continue;
+        };
+        if hits.iter().all(|(_, h)| h.digest == d.digest) {
+            return Ok(first.clone());
+        }
+        if let Some((r, _)) = hits.iter().find(|(_, h)| Some(h.digest) == newest) {
+            return Ok(r.clone());
+        }
+        let names: Vec<&str> = hits.iter().map(|(r, _)| r.as_str()).collect();
+        return Err(RootfsError::Ambiguous {
+            variant: variant.key.clone(),
+            refs: names.join(", "),
+        });
+    }
+    Err(RootfsError::NotBuilt {
+        variant: variant.key.clone(),
+        reference: format!("{}:{}", variant.name, variant.tags.join("|")),
+        layout: layout.dir().to_path_buf(),
     })
 }
 
-/// Find the first of `references` in the layout at `layout` and resolve it for `arch`.
+/// The image the last build of `variant` wrote into the layout at `layout_dir` (see
+/// [`variant_ref`]), for `arch`: what `hakim run` and `hakim test` start from.
+pub fn find_variant_image(
+    layout_dir: &Path,
+    variant: &Variant,
+    tag: Option<&str>,
+    arch: &str,
+) -> Result<ResolvedImage, RootfsError> {
+    let not_built = |reference: String| RootfsError::NotBuilt {
+        variant: variant.key.clone(),
+        reference,
+        layout: layout_dir.to_path_buf(),
+    };
+    if !layout_dir.join("oci-layout").exists() {
+        return Err(not_built(format!(
+            "{}:{}",
+            variant.name,
+            variant.tags.join("|")
+        )));
+    }
+    let layout = Layout::open(layout_dir)?;
+    let reference = variant_ref(&layout, variant, tag)?;
+    match image_for_arch(&layout, &reference, arch) {
+        Err(RootfsError::Layout(e)) if matches!(*e, LayoutError::RefNotFound { .. }) => {
+            Err(not_built(reference))
+        }
+        other => other,
+    }
+}
+
+/// Resolve the first of `references` found in the layout at `layout_dir` for `arch`.
 pub fn resolve_image(
-    layout: &Path,
+    layout_dir: &Path,
     variant: &str,
     references: &[String],
     arch: &str,
@@ -103,70 +144,34 @@ pub fn resolve_image(
             .first()
             .cloned()
             .unwrap_or_else(|| format!("{variant}:?")),
-        layout: layout.to_path_buf(),
+        layout: layout_dir.to_path_buf(),
     };
-    let index_path = layout.join("index.json");
-    let bytes = match fs::read(&index_path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_built()),
-        Err(e) => return Err(io_err(&index_path)(e)),
+    let layout = match Layout::open(layout_dir) {
+        Ok(l) => l,
+        Err(LayoutError::Invalid { .. }) if !layout_dir.join("oci-layout").exists() => {
+            return Err(not_built());
+        }
+        Err(e) => return Err(e.into()),
     };
-    let index: Index = serde_json::from_slice(&bytes).map_err(|e| RootfsError::BadImage {
-        path: index_path.clone(),
-        message: e.to_string(),
-    })?;
-    let (reference, top) = references
+    let names: Vec<String> = layout.refs()?.into_iter().map(|(n, _)| n).collect();
+    let reference = references
         .iter()
-        .find_map(|r| {
-            index
-                .manifests
-                .iter()
-                .find(|d| d.annotations.get(REF_NAME) == Some(r))
-                .map(|d| (r.clone(), d.clone()))
-        })
+        .find(|r| names.contains(r))
         .ok_or_else(not_built)?;
-    let want = Platform::for_debian_arch(arch);
-    let manifest_desc = if top.media_type == MEDIA_INDEX {
-        let idx: Index = read_json(layout, &top)?;
-        let found = idx.manifests.iter().find(|d| {
-            d.platform.as_ref().is_some_and(|p| {
-                p.architecture == want.architecture
-                    && p.os == want.os
-                    && (want.variant.is_none() || p.variant == want.variant)
-            })
-        });
-        let available: Vec<String> = idx
-            .manifests
-            .iter()
-            .filter_map(|d| d.platform.as_ref())
-            .map(|p| p.architecture.clone())
-            .collect();
-        found.cloned().ok_or_else(|| RootfsError::BadImage {
-            path: layout.to_path_buf(),
-            message: format!(
-                "`{reference}` has no {arch} image (it has: {})",
-                available.join(", ")
-            ),
-        })?
-    } else {
-        top
-    };
-    let manifest: Manifest = read_json(layout, &manifest_desc)?;
-    let config: ImageConfig = read_json(layout, &manifest.config)?;
-    if config.architecture != want.architecture {
-        return Err(RootfsError::BadImage {
-            path: layout.to_path_buf(),
-            message: format!(
-                "`{reference}` is a {} image, not {arch}",
-                config.architecture
-            ),
-        });
-    }
+    image_for_arch(&layout, reference, arch)
+}
+
+/// The image `reference` names in `layout`, for `arch`.
+pub fn image_for_arch(
+    layout: &Layout,
+    reference: &str,
+    arch: &str,
+) -> Result<ResolvedImage, RootfsError> {
+    let found = layout.image(reference, &Platform::for_debian_arch(arch))?;
+    let (manifest, config) = (&found.manifest, &found.config);
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(RootfsError::BadImage {
-            path: layout
-                .join("blobs/sha256")
-                .join(manifest.config.digest.hex()),
+            path: layout.blob_path(&manifest.config.digest),
             message: format!(
                 "{} diff_ids for {} layers",
                 config.rootfs.diff_ids.len(),
@@ -179,15 +184,15 @@ pub fn resolve_image(
         .iter()
         .zip(&config.rootfs.diff_ids)
         .map(|(l, diff_id)| LayerRef {
-            blob: layout.join("blobs/sha256").join(l.digest.hex()),
+            blob: layout.blob_path(&l.digest),
             media_type: l.media_type.clone(),
             diff_id: *diff_id,
         })
         .collect();
     Ok(ResolvedImage {
-        reference,
-        manifest: manifest_desc.digest,
-        config,
+        reference: found.reference,
+        manifest: found.descriptor.digest,
+        config: found.config,
         layers,
     })
 }

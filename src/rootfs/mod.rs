@@ -14,7 +14,7 @@ pub mod unpack;
 use std::io;
 use std::path::PathBuf;
 
-pub use image::{MountedImage, ResolvedImage, resolve_image};
+pub use image::{MountedImage, ResolvedImage, find_variant_image, resolve_image};
 pub use overlay::Overlay;
 pub use sandbox::{Backend, Bind, Sandbox, SandboxError};
 pub use unpack::{RootfsCache, unpack_layer};
@@ -60,6 +60,12 @@ pub enum RootfsError {
         reference: String,
         layout: PathBuf,
     },
+    /// Several refs of a variant match its tag templates but name different images.
+    #[error("variant `{variant}` has several builds in the layout ({refs}): pick one with --tag")]
+    Ambiguous { variant: String, refs: String },
+    /// Reading the layout failed.
+    #[error(transparent)]
+    Layout(Box<crate::oci::LayoutError>),
     /// The layout or an image document is unusable.
     #[error("{path}: {message}")]
     BadImage { path: PathBuf, message: String },
@@ -72,6 +78,12 @@ pub enum RootfsError {
     /// A sandbox option the backend cannot honour.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+}
+
+impl From<crate::oci::LayoutError> for RootfsError {
+    fn from(e: crate::oci::LayoutError) -> Self {
+        Self::Layout(Box::new(e))
+    }
 }
 
 /// Shorthand for an I/O error on a path.

@@ -441,9 +441,17 @@ fn apply(
         merge_config(&mut v.config, &c.value);
     }
     if let Some(tags) = &f.tags {
+        if tags.value.is_empty() {
+            // An empty list would build an image no ref names: nothing to run, test or push.
+            return Err(SpecError::invalid(
+                SourcePos::at(path, tags.referenced),
+                "tags",
+                "a variant needs at least one tag",
+            ));
+        }
         let mut seen = BTreeSet::new();
         v.tags.clear();
-        for t in tags {
+        for t in &tags.value {
             let pos = SourcePos::at(path, t.referenced);
             check_tag_template(&t.value).map_err(|m| SpecError::invalid(pos.clone(), "tags", m))?;
             if !seen.insert(&t.value) {
@@ -524,8 +532,7 @@ pub fn check_image_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Template placeholders a tag may use.
-pub const TAG_PLACEHOLDERS: &[&str] = &["git_sha", "date", "version"];
+pub use crate::git::PLACEHOLDERS as TAG_PLACEHOLDERS;
 
 /// Check a tag template: OCI tag characters plus known `{placeholders}`.
 pub fn check_tag_template(tag: &str) -> Result<(), String> {

@@ -32,7 +32,7 @@ pub struct VariantFile {
     /// Image config.
     pub config: Option<Spanned<ImageConfigSpec>>,
     /// Tags; templates `{git_sha}`, `{date}`, `{version}` are expanded.
-    pub tags: Option<Vec<Spanned<String>>>,
+    pub tags: Option<Spanned<Vec<Spanned<String>>>>,
     /// Smoke tests run inside the built image.
     #[serde(default)]
     pub tests: Vec<TestSpec>,

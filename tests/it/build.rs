@@ -489,6 +489,17 @@ fn bad_inputs_fail_with_located_errors_and_never_touch_the_layout() {
             "duplicate tag `latest`",
         ),
         (
+            "no tags",
+            Box::new(|s| {
+                s.write(
+                    "variants/base.yaml",
+                    &s.read("variants/base.yaml")
+                        .replace("tags: [latest, \"1.0\"]", "tags: []"),
+                )
+            }),
+            "base.yaml:4:7: field `tags`: a variant needs at least one tag",
+        ),
+        (
             "unknown tag placeholder",
             Box::new(|s| {
                 s.write(

@@ -15,6 +15,7 @@ mod export;
 mod fuzz;
 mod hostile;
 mod interrupt;
+mod layouts;
 mod push;
 mod push_cli;
 mod rootfs;

@@ -270,3 +270,41 @@ fn a_hanging_test_is_killed_at_the_timeout() {
         started.elapsed()
     );
 }
+
+#[test]
+fn run_and_test_find_images_tagged_only_by_version() {
+    let s = project();
+    s.write(
+        "variants/good.yaml",
+        &s.read("variants/good.yaml")
+            .replace("tags: [latest]", "tags: [\"{version}\"]"),
+    );
+    run_ok(
+        s.hakim()
+            .args(["build", "good", "--image-version", "v1.2.3"]),
+    );
+    let out = run_ok(s.hakim().args(["run", "good", "--", "echo", "hi"]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    let report = json(&run_ok(s.hakim().args(["test", "good", "--json"])));
+    assert_eq!(report["variants"][0]["reference"], "test-good:v1.2.3");
+    // A second version is a second image; both refs stay, and the newest build is the default.
+    run_ok(
+        s.hakim()
+            .args(["build", "good", "--image-version", "v2.0.0"]),
+    );
+    let report = json(&run_ok(s.hakim().args(["test", "good", "--json"])));
+    assert_eq!(report["variants"][0]["reference"], "test-good:v2.0.0");
+    let out = run_ok(
+        s.hakim()
+            .args(["run", "good", "--tag", "v1.2.3", "--", "echo", "hi"]),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    let err = run_err(
+        s.hakim()
+            .args(["run", "good", "--tag", "v9", "--", "echo", "hi"]),
+    );
+    assert!(
+        err.contains("test-good:v9") && err.contains("hakim build good"),
+        "{err}"
+    );
+}
