@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use hakim::export::{self, Compression, Dest, ExportRequest, Format};
-use hakim::rootfs::{self, image};
+use hakim::rootfs;
 
 use super::build::build_variants;
 use super::exit::Status;
@@ -115,8 +115,7 @@ pub async fn run(paths: &Paths, cmd: ExportCommand) -> Result<Status> {
     .await?;
     let epoch = source_date_epoch()?;
     let layout = paths.layout();
-    let refs = image::variant_refs(&project.root, v, epoch, common.tag.as_deref());
-    let img = rootfs::resolve_image(&layout, &v.key, &refs, &arch)?;
+    let img = rootfs::find_variant_image(&layout, v, common.tag.as_deref(), &arch)?;
     let dest = if to_stdout {
         Dest::Stdout
     } else {
