@@ -60,6 +60,9 @@ enum Command {
         /// Value for `{version}` in tags and the version annotation.
         #[arg(long = "image-version")]
         version: Option<String>,
+        /// Build only this architecture (a CI matrix job); the image is its bare manifest.
+        #[arg(long)]
+        arch: Option<String>,
     },
     /// Show a variant's layers (digests, sizes, cache state) and resolved config.
     Inspect {
@@ -119,6 +122,13 @@ enum Command {
         /// Print pushed references and digests as JSON.
         #[arg(long)]
         json: bool,
+        /// Build and push only this architecture; every tag gets the suffix `-<arch>`.
+        #[arg(long, conflicts_with = "merge")]
+        arch: Option<String>,
+        /// Build nothing: merge the manifests pushed by `--arch` jobs under `<first --tag>-<arch>`
+        /// into one index per variant once every arch has landed, then set the tags.
+        #[arg(long)]
+        merge: bool,
     },
     /// Run a command in a built variant's image (bubblewrap sandbox; needs root).
     Run {
@@ -199,9 +209,11 @@ async fn run() -> Result<()> {
             json,
             offline,
             version,
+            arch,
         } => {
             let started = std::time::Instant::now();
-            let report = run_build(&paths, &variants, json, offline, version).await?;
+            let report =
+                run_build(&paths, &variants, json, offline, version, arch.as_deref()).await?;
             if json {
                 print_json(&report)?;
             } else {
@@ -388,8 +400,9 @@ async fn run() -> Result<()> {
             password_stdin,
             plain_http,
             json,
+            arch,
+            merge,
         } => {
-            let report = run_build(&paths, &variants, json, false, release.clone()).await?;
             let args = cli::publish::PushArgs {
                 registry,
                 tags,
@@ -397,15 +410,27 @@ async fn run() -> Result<()> {
                 username,
                 password_stdin,
                 plain_http,
+                arch: arch.clone(),
+                cache_dir: paths.cache.clone(),
             };
-            let reports = cli::publish::push(
-                &paths.project,
-                &report,
-                &args,
-                cli::source_date_epoch()?,
-                release.as_deref(),
-            )
-            .await?;
+            let epoch = cli::source_date_epoch()?;
+            let reports = if merge {
+                let project = paths.load()?;
+                let selected = project.select(&variants)?;
+                cli::publish::merge(&project, &selected, &args, epoch, release.as_deref()).await?
+            } else {
+                let report = run_build(
+                    &paths,
+                    &variants,
+                    json,
+                    false,
+                    release.clone(),
+                    arch.as_deref(),
+                )
+                .await?;
+                cli::publish::push(&paths.project, &report, &args, epoch, release.as_deref())
+                    .await?
+            };
             if json {
                 print_json(&reports)?;
             } else {
@@ -503,9 +528,23 @@ async fn run_build(
     quiet: bool,
     offline: bool,
     version: Option<String>,
+    arch: Option<&str>,
 ) -> Result<build::BuildReport> {
     let project = paths.load()?;
-    let selected = project.select(variants)?;
+    let mut selected: Vec<hakim::spec::Variant> =
+        project.select(variants)?.into_iter().cloned().collect();
+    if let Some(arch) = arch {
+        for v in &mut selected {
+            anyhow::ensure!(
+                v.archs.iter().any(|a| a == arch),
+                "variant {} is not built for {arch} (its archs: {})",
+                v.key,
+                v.archs.join(", ")
+            );
+            v.archs = vec![arch.to_string()];
+        }
+    }
+    let selected: Vec<&hakim::spec::Variant> = selected.iter().collect();
     let opts = BuildOptions {
         cache_dir: paths.cache.clone(),
         layout_dir: paths.out.join("oci"),

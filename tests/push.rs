@@ -27,6 +27,8 @@ fn fast_retry() -> RetryPolicy {
 fn opts() -> PushOptions {
     PushOptions {
         retry: fast_retry(),
+        // GHCR-sized chunks, so the chunked path is exercised against the local registry.
+        chunk_size: Some(hakim::publish::GHCR_MAX_CHUNK_SIZE),
         ..PushOptions::default()
     }
 }
