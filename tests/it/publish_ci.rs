@@ -2,17 +2,15 @@
 //! across separate invocations (cross-repo mounts, remembered blob locations), per-registry
 //! chunking, and per-arch jobs merged into one index. Real docker-registry, counted at a proxy.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::layout::{Layout, noise, tar_layer};
+use crate::support::proxy::{Logged, Proxy};
+use crate::support::registry::TestRegistry;
+use crate::support::*;
 use hakim::publish::{Publisher, PushOptions, RetryPolicy};
-use support::layout::{Layout, noise, tar_layer};
-use support::proxy::{Logged, Proxy};
-use support::registry::TestRegistry;
-use support::*;
 
 fn opts(locations: Option<&Path>) -> PushOptions {
     PushOptions {
@@ -110,12 +108,12 @@ fn second_invocation_mounts_shared_layers_instead_of_uploading() {
 
     // And the pushed image is whole: skopeo reads every arch back.
     let direct = format!("{}/team/test-app:latest", reg.host());
-    let (raw, digest) = support::skopeo::raw(&direct, None);
+    let (raw, digest) = crate::support::skopeo::raw(&direct, None);
     assert_eq!(digest.oci(), app["digest"].as_str().unwrap());
     let index: serde_json::Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
     for arch in ["amd64", "arm64"] {
-        let info = support::skopeo::inspect(&direct, arch);
+        let info = crate::support::skopeo::inspect(&direct, arch);
         assert_eq!(info["Architecture"], arch, "{info}");
     }
 }
@@ -212,7 +210,7 @@ async fn chunk_size_follows_the_registry_monolithic_off_ghcr() {
         biggest > 9 * 1024 * 1024,
         "the 9 MiB layer went in one PUT, biggest body {biggest}"
     );
-    let (_, remote) = support::skopeo::raw(&format!("{}/ns/big:latest", reg.host()), None);
+    let (_, remote) = crate::support::skopeo::raw(&format!("{}/ns/big:latest", reg.host()), None);
     assert_eq!(remote, report.digest);
 }
 
@@ -292,7 +290,7 @@ fn arch_jobs_merge_into_the_index_a_local_build_makes_only_when_all_landed() {
     let local = &local["variants"][0];
     assert_eq!(merged["digest"], local["digest"], "{merged}\n{local}");
     for t in ["latest", "ci1", "stable"] {
-        let (raw, d) = support::skopeo::raw(&format!("{registry}/test-app:{t}"), None);
+        let (raw, d) = crate::support::skopeo::raw(&format!("{registry}/test-app:{t}"), None);
         assert_eq!(d.oci(), merged["digest"].as_str().unwrap(), "{t}");
         let index: serde_json::Value = serde_json::from_slice(&raw).unwrap();
         let children: Vec<&str> = index["manifests"]
@@ -309,7 +307,7 @@ fn arch_jobs_merge_into_the_index_a_local_build_makes_only_when_all_landed() {
             ]
         );
     }
-    let info = support::skopeo::inspect(&format!("{registry}/test-app:stable"), "arm64");
+    let info = crate::support::skopeo::inspect(&format!("{registry}/test-app:stable"), "arm64");
     assert_eq!(info["Architecture"], "arm64", "{info}");
 
     // An arch tag that holds the wrong platform is refused before anything moves.
@@ -339,7 +337,7 @@ fn arch_jobs_merge_into_the_index_a_local_build_makes_only_when_all_landed() {
         !out.status.success() && err.contains("expected linux/arm64/v8"),
         "{err}"
     );
-    let (_, still) = support::skopeo::raw(&format!("{registry}/test-app:latest"), None);
+    let (_, still) = crate::support::skopeo::raw(&format!("{registry}/test-app:latest"), None);
     assert_eq!(still.oci(), merged["digest"].as_str().unwrap());
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use hakim::build::{BuildReport, GitInfo, tag_vars};
 use hakim::publish::{
     Credentials, Publisher, PushOptions, PushReport, TagVars, arch_tag, expand_tag, release_tags,
@@ -12,39 +13,82 @@ use hakim::publish::{
 };
 use hakim::spec::{Project, Variant};
 
-/// Arguments of `hakim push` after parsing.
+use super::{
+    Paths, build::build_variants, exit::Status, print_json, progress::size, source_date_epoch,
+};
+
+/// Arguments of `hakim push`.
+#[derive(Args)]
 pub struct PushArgs {
-    /// `<registry>/<namespace>`.
+    /// Variants to push (all when none is named).
+    pub variants: Vec<String>,
+    /// Registry and namespace, e.g. ghcr.io/owner or 127.0.0.1:5000/test.
+    #[arg(long)]
     pub registry: String,
-    /// Extra tag templates.
+    /// Extra tags (templates {git_sha}, {date}, {version} allowed); repeatable.
+    #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// `vX.Y.Z` for stable release tags.
+    /// Add stable release tags vX.Y.Z, vX.Y and latest (clean git tree only).
+    #[arg(long)]
     pub release: Option<String>,
-    /// Username for `--password-stdin`.
+    /// Registry user (with --password-stdin).
+    #[arg(long)]
     pub username: Option<String>,
-    /// Read the password from stdin.
+    /// Read the registry password or token from stdin.
+    #[arg(long)]
     pub password_stdin: bool,
-    /// Force plain HTTP.
+    /// Use plain HTTP even for a non-loopback registry.
+    #[arg(long)]
     pub plain_http: bool,
-    /// Push only this arch's manifest, every tag suffixed `-<arch>` (a CI matrix job).
+    /// Print pushed references and digests as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Build and push only this architecture; every tag gets the suffix `-<arch>`.
+    #[arg(long, conflicts_with = "merge")]
     pub arch: Option<String>,
-    /// The cache directory (remembers where blobs were pushed).
-    pub cache_dir: PathBuf,
+    /// Build nothing: merge the manifests pushed by `--arch` jobs under `<first --tag>-<arch>`
+    /// into one index per variant once every arch has landed, then set the tags.
+    #[arg(long)]
+    pub merge: bool,
 }
 
-/// Blob-location memory lives beside the layer cache.
-fn locations_dir(cache_dir: &Path) -> PathBuf {
-    cache_dir.join("publish").join("blob-locations")
-}
-
-/// Every variant that lists `layer`, fewest layers first (bases are pushed first).
-fn variants_with_layer<'a>(project: &'a Project, layer: &str, not: &str) -> Vec<&'a Variant> {
-    let mut vs: Vec<&Variant> = project
-        .variants()
-        .filter(|v| v.key != not && v.layers.iter().any(|l| l == layer))
-        .collect();
-    vs.sort_by_key(|v| (v.layers.len(), v.key.clone()));
-    vs
+/// Build what is missing, push, and print every pushed reference.
+pub async fn run(paths: &Paths, args: PushArgs) -> Result<Status> {
+    let epoch = source_date_epoch()?;
+    let reports = if args.merge {
+        let project = paths.load()?;
+        let selected = project.select(&args.variants)?;
+        merge(&project, &selected, &args, &paths.cache, epoch).await?
+    } else {
+        let built = build_variants(
+            paths,
+            &args.variants,
+            args.json,
+            false,
+            args.release.clone(),
+            args.arch.as_deref(),
+        )
+        .await?;
+        push(&paths.project, &built, &args, &paths.cache, epoch).await?
+    };
+    if args.json {
+        print_json(&reports)?;
+        return Ok(Status::SUCCESS);
+    }
+    for r in &reports {
+        for reference in &r.references {
+            println!("{reference}");
+        }
+        eprintln!(
+            "{}: {} blobs uploaded ({}), {} mounted, {} already there",
+            r.repository,
+            r.blobs_uploaded,
+            size(r.bytes_uploaded),
+            r.blobs_mounted,
+            r.blobs_present
+        );
+    }
+    Ok(Status::SUCCESS)
 }
 
 fn git_clean(dir: &Path) -> Result<bool> {
@@ -63,16 +107,31 @@ fn git_clean(dir: &Path) -> Result<bool> {
     Ok(out.stdout.is_empty())
 }
 
+/// Blob-location memory lives beside the layer cache.
+fn locations_dir(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("publish").join("blob-locations")
+}
+
+/// Every variant that lists `layer`, fewest layers first (bases are pushed first).
+fn variants_with_layer<'a>(project: &'a Project, layer: &str, not: &str) -> Vec<&'a Variant> {
+    let mut vs: Vec<&Variant> = project
+        .variants()
+        .filter(|v| v.key != not && v.layers.iter().any(|l| l == layer))
+        .collect();
+    vs.sort_by_key(|v| (v.layers.len(), v.key.clone()));
+    vs
+}
+
 /// Push every built variant of `built` to `args.registry`.
-pub async fn push(
+async fn push(
     project_root: &Path,
     built: &BuildReport,
     args: &PushArgs,
+    cache_dir: &Path,
     epoch: u64,
-    version: Option<&str>,
 ) -> Result<Vec<PushReport>> {
-    let opts = push_options(args)?;
-    let (_, extra) = extra_tags(project_root, args, epoch, version)?;
+    let opts = push_options(args, cache_dir)?;
+    let (_, extra) = extra_tags(project_root, args, epoch)?;
     let project = Project::load(project_root)?;
     let registry = args.registry.trim_end_matches('/');
     let publisher = Publisher::new(opts);
@@ -110,19 +169,19 @@ pub async fn push(
 
 /// Merge the per-arch manifests that `push --arch` jobs pushed under `<first --tag>-<arch>`
 /// into one index per variant, tagged like a plain push would tag it. Builds nothing.
-pub async fn merge(
+async fn merge(
     project: &Project,
     variants: &[&Variant],
     args: &PushArgs,
+    cache_dir: &Path,
     epoch: u64,
-    version: Option<&str>,
 ) -> Result<Vec<PushReport>> {
-    let (vars, extra) = extra_tags(&project.root, args, epoch, version)?;
+    let (vars, extra) = extra_tags(&project.root, args, epoch)?;
     let source = extra
         .first()
         .context("--merge needs --tag: the per-arch manifests are read from <first tag>-<arch>")?
         .clone();
-    let publisher = Publisher::new(push_options(args)?);
+    let publisher = Publisher::new(push_options(args, cache_dir)?);
     let registry = args.registry.trim_end_matches('/');
     let mut reports = Vec::new();
     for v in variants {
@@ -154,10 +213,10 @@ fn merge_tags(own: impl Iterator<Item = String>, extra: &[String]) -> Vec<String
     tags
 }
 
-fn push_options(args: &PushArgs) -> Result<PushOptions> {
+fn push_options(args: &PushArgs, cache_dir: &Path) -> Result<PushOptions> {
     let mut opts = PushOptions::from_env();
     opts.plain_http = args.plain_http;
-    opts.locations_dir = Some(locations_dir(&args.cache_dir));
+    opts.locations_dir = Some(locations_dir(cache_dir));
     if args.password_stdin {
         let user = args
             .username
@@ -176,14 +235,9 @@ fn push_options(args: &PushArgs) -> Result<PushOptions> {
 }
 
 /// Tag values and the expanded `--tag`s plus release tags.
-fn extra_tags(
-    project_root: &Path,
-    args: &PushArgs,
-    epoch: u64,
-    version: Option<&str>,
-) -> Result<(TagVars, Vec<String>)> {
+fn extra_tags(project_root: &Path, args: &PushArgs, epoch: u64) -> Result<(TagVars, Vec<String>)> {
     let git = GitInfo::discover(project_root);
-    let vars = tag_vars(&git, epoch, version.or(args.release.as_deref()));
+    let vars = tag_vars(&git, epoch, args.release.as_deref());
     let mut extra = Vec::new();
     for t in &args.tags {
         extra.push(expand_tag(t, &vars)?);

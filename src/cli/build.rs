@@ -1,0 +1,95 @@
+//! `hakim build`: build variants into the output layout.
+
+use anyhow::Result;
+use clap::Args;
+use hakim::build::{self, BuildOptions, BuildReport};
+use hakim::spec::Variant;
+
+use super::{Paths, exit::Status, print_json, progress::Reporter, source_date_epoch};
+
+/// Arguments of `hakim build`.
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Variants to build.
+    pub variants: Vec<String>,
+    /// Build every variant (the same as naming none).
+    #[arg(long, conflicts_with = "variants")]
+    pub all: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Make no network requests (use the lock file and the cache).
+    #[arg(long)]
+    pub offline: bool,
+    /// Value for `{version}` in tags and the version annotation.
+    #[arg(long = "image-version")]
+    pub version: Option<String>,
+    /// Build only this architecture (a CI matrix job); the image is its bare manifest.
+    #[arg(long)]
+    pub arch: Option<String>,
+}
+
+/// Build, then print each variant's digest and refs (or the JSON report).
+pub async fn run(paths: &Paths, args: BuildArgs) -> Result<Status> {
+    let started = std::time::Instant::now();
+    let report = build_variants(
+        paths,
+        &args.variants,
+        args.json,
+        args.offline,
+        args.version,
+        args.arch.as_deref(),
+    )
+    .await?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        for v in &report.variants {
+            println!("{} {}", v.digest, v.refs.join(" "));
+        }
+        eprintln!(
+            "built {} variant(s) into {} in {:.2?}",
+            report.variants.len(),
+            report.layout.display(),
+            started.elapsed()
+        );
+    }
+    Ok(Status::SUCCESS)
+}
+
+/// Build the named variants (all when none) with progress on stderr unless `quiet`; only
+/// `arch` when given.
+pub async fn build_variants(
+    paths: &Paths,
+    variants: &[String],
+    quiet: bool,
+    offline: bool,
+    version: Option<String>,
+    arch: Option<&str>,
+) -> Result<BuildReport> {
+    let project = paths.load()?;
+    let mut selected: Vec<Variant> = project.select(variants)?.into_iter().cloned().collect();
+    if let Some(arch) = arch {
+        for v in &mut selected {
+            anyhow::ensure!(
+                v.archs.iter().any(|a| a == arch),
+                "variant {} is not built for {arch} (its archs: {})",
+                v.key,
+                v.archs.join(", ")
+            );
+            v.archs = vec![arch.to_string()];
+        }
+    }
+    let selected: Vec<&Variant> = selected.iter().collect();
+    let opts = BuildOptions {
+        cache_dir: paths.cache.clone(),
+        layout_dir: paths.layout(),
+        epoch: source_date_epoch()?,
+        version,
+        offline,
+    };
+    let reporter = Reporter::new(quiet);
+    let report = build::build(&project, &selected, &opts, &reporter).await;
+    reporter.finish();
+    Ok(report?)
+}
