@@ -253,7 +253,7 @@ fn arch_jobs_merge_into_the_index_a_local_build_makes_only_when_all_landed() {
     let amd = arch_push("amd64");
     assert_eq!(
         amd["tags"],
-        serde_json::json!(["latest-amd64", "ci1-amd64"]),
+        serde_json::json!(["latest-amd64", "1.0-amd64", "ci1-amd64"]),
         "{amd}"
     );
     assert_eq!(

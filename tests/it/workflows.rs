@@ -167,3 +167,30 @@ fn workflows_keep_the_projects_rules() {
     let readme = fs::read_to_string(repo_root().join("README.md")).unwrap();
     assert!(readme.contains("scripts/test"));
 }
+
+#[test]
+fn ci_rehearsal_publishes_merges_and_releases_against_a_local_registry() {
+    crate::support::require_root();
+    for (bin, pkg) in [
+        ("skopeo", "skopeo"),
+        ("jq", "jq"),
+        ("curl", "curl"),
+        ("busybox", "busybox-static"),
+        ("bwrap", "bubblewrap"),
+    ] {
+        require_bin(bin, pkg);
+    }
+    let out = Command::new(repo_root().join("scripts/ci-rehearsal"))
+        .env("HAKIM", env!("CARGO_BIN_EXE_hakim"))
+        // Release assets need `hakim export` (issue 10), which is not on this branch yet.
+        .env("REHEARSAL_ASSETS", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.ends_with("rehearsal: ok\n"), "{stdout}");
+    // Both sequences checked both variants, the release one with its stable tags.
+    assert_eq!(stdout.matches("  test-base: ").count(), 2, "{stdout}");
+    assert!(stdout.contains("v1.2.3 v1.2 latest -> sha256:"), "{stdout}");
+}
