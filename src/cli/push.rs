@@ -6,6 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use futures::{StreamExt as _, TryStreamExt as _};
 use hakim::build::{BuildReport, GitInfo, tag_vars};
 use hakim::publish::{
     Credentials, Publisher, PushOptions, PushReport, TagVars, arch_tag, expand_tag, release_tags,
@@ -107,6 +108,9 @@ fn git_clean(dir: &Path) -> Result<bool> {
     Ok(out.stdout.is_empty())
 }
 
+/// Images pushed at once (each with its own bound on parallel blobs).
+const PARALLEL_IMAGES: usize = 3;
+
 /// Blob-location memory lives beside the layer cache.
 fn locations_dir(cache_dir: &Path) -> PathBuf {
     cache_dir.join("publish").join("blob-locations")
@@ -135,10 +139,11 @@ async fn push(
     let project = Project::load(project_root)?;
     let registry = args.registry.trim_end_matches('/');
     let publisher = Publisher::new(opts);
-    let mut reports = Vec::new();
-    // Bases first, so their blobs exist for later variants to mount.
+    // Bases first: with the blob locks, a shared blob goes to the first repository and the
+    // others mount it from there.
     let mut variants: Vec<_> = built.variants.iter().collect();
     variants.sort_by_key(|v| v.archs.first().map_or(0, |a| a.layers.len()));
+    let mut jobs = Vec::new();
     for v in variants {
         // Sibling variants that list the same layer should hold its blob: mount from them.
         for layer in v.archs.iter().flat_map(|a| &a.layers) {
@@ -157,12 +162,16 @@ async fn push(
         if let Some(arch) = &args.arch {
             tags = tags.iter().map(|t| arch_tag(t, arch)).collect();
         }
-        let target = format!("{registry}/{}", v.name);
-        let report = publisher
-            .push(&built.layout, source, &target, &tags)
-            .await?;
-        reports.push(report);
+        jobs.push((source.clone(), format!("{registry}/{}", v.name), tags));
     }
+    let publisher = &publisher;
+    let reports: Vec<PushReport> =
+        futures::stream::iter(jobs.into_iter().map(|(source, target, tags)| async move {
+            publisher.push(&built.layout, &source, &target, &tags).await
+        }))
+        .buffered(PARALLEL_IMAGES)
+        .try_collect()
+        .await?;
     write_step_summary(&reports)?;
     Ok(reports)
 }

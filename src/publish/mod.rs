@@ -226,7 +226,12 @@ pub struct Publisher {
     /// blob → repositories (`host/ns/name`) that should hold it, e.g. sibling variants.
     hints: Mutex<HashMap<Sha256Digest, Vec<String>>>,
     memory: Option<BlobLocations>,
+    /// One lock per (host, blob): pushes of sibling images running at once send a shared blob
+    /// once, and the others mount it from the repository that got it.
+    blob_locks: BlobLocks,
 }
+
+type BlobLocks = Mutex<HashMap<(String, Sha256Digest), Arc<tokio::sync::Mutex<()>>>>;
 
 impl Publisher {
     /// A publisher with these options.
@@ -238,6 +243,7 @@ impl Publisher {
             known: Mutex::new(HashMap::new()),
             hints: Mutex::new(HashMap::new()),
             memory,
+            blob_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -366,6 +372,14 @@ impl Publisher {
         b: &layout::Descriptor,
     ) -> Result<(BlobOutcome, Option<String>)> {
         let repo = target.repository.as_str();
+        let lock = self
+            .blob_locks
+            .lock()
+            .unwrap()
+            .entry((target.host.clone(), b.digest))
+            .or_default()
+            .clone();
+        let _sending = lock.lock().await;
         let exists = reg
             .with_retry(&format!("HEAD blob {} in {repo}", b.digest), || {
                 reg.blob_exists(repo, &b.digest)
