@@ -25,6 +25,11 @@ struct Cli {
     /// Output directory (default: <project>/out).
     #[arg(long, global = true)]
     out: Option<PathBuf>,
+    /// Seconds an HTTP request may receive nothing before it counts as stalled and is retried
+    /// (a download that keeps flowing may take as long as it needs).
+    #[arg(long, global = true, env = hakim::net::STALL_TIMEOUT_ENV, value_name = "SECONDS",
+          value_parser = hakim::net::parse_timeout, default_value = "60")]
+    http_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -47,11 +52,16 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Run variants' `tests:` in their built images (all variants when none is named).
     Test(cli::test::TestArgs),
+    /// Check the layer cache (verify) or reclaim its space (prune).
+    Cache(cli::cache::CacheArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = hakim::janitor::install_signal_cleanup() {
+        eprintln!("warning: cannot handle SIGTERM/SIGINT cleanly: {e}");
+    }
     // `hakim run` keeps the command's own codes, so its own failures get docker run's 125.
     let on_error = match cli.command {
         Command::Run(_) => Status::RUN_FAILED,
@@ -67,8 +77,17 @@ async fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<Status> {
-    let paths = Paths::resolve(cli.project, cli.cache_dir, cli.out)?;
-    match cli.command {
+    let command = match cli.command {
+        // The cache needs no project.
+        Command::Cache(args) => {
+            let cache = cli.cache_dir.unwrap_or_else(cli::default_cache_dir);
+            return cli::cache::run(&cache, args);
+        }
+        other => other,
+    };
+    let mut paths = Paths::resolve(cli.project, cli.cache_dir, cli.out)?;
+    paths.stall_timeout = cli.http_timeout;
+    match command {
         Command::Validate => cli::validate::run(&paths),
         Command::Build(args) => cli::build::run(&paths, args).await,
         Command::Inspect(args) => cli::inspect::run(&paths, args).await,
@@ -77,5 +96,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Status> {
         Command::Push(args) => cli::push::run(&paths, args).await,
         Command::Run(args) => cli::run::run(&paths, args),
         Command::Test(args) => cli::test::run(&paths, args),
+        Command::Cache(_) => unreachable!("handled above"),
     }
 }

@@ -2,6 +2,7 @@
 //! and rendering the result; this module holds what they share (paths, output, arch choice).
 
 pub mod build;
+pub mod cache;
 pub mod exit;
 pub mod fetch;
 pub mod inspect;
@@ -13,11 +14,14 @@ pub mod test;
 pub mod validate;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use hakim::net::{NetOptions, RetryLog, RetryObserver};
 use hakim::spec::{Project, find_project};
 
-/// Paths every command needs.
+/// Paths and settings every command needs.
 pub struct Paths {
     /// Project root.
     pub project: PathBuf,
@@ -25,6 +29,8 @@ pub struct Paths {
     pub cache: PathBuf,
     /// Output directory.
     pub out: PathBuf,
+    /// `--http-timeout`: how long a request may receive nothing.
+    pub stall_timeout: Duration,
 }
 
 impl Paths {
@@ -44,12 +50,22 @@ impl Paths {
             project,
             cache,
             out,
+            stall_timeout: hakim::net::DEFAULT_STALL_TIMEOUT,
         })
     }
 
     /// Load and validate the project.
     pub fn load(&self) -> Result<Project> {
         Ok(Project::load(&self.project)?)
+    }
+
+    /// Network settings, with every retry reported to `observer`.
+    pub fn net(&self, observer: Arc<dyn RetryObserver>) -> NetOptions {
+        NetOptions {
+            stall_timeout: self.stall_timeout,
+            retry_log: RetryLog::to(observer),
+            ..NetOptions::default()
+        }
     }
 
     /// The OCI layout builds write to and other commands read from.
@@ -96,10 +112,9 @@ pub fn default_cache_dir() -> PathBuf {
 /// SOURCE_DATE_EPOCH, or 0 when unset.
 pub fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(s) if !s.is_empty() => s
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH=`{s}` is not a number of seconds")),
+        Ok(s) if !s.is_empty() => {
+            hakim::spec::check::source_date_epoch(&s).map_err(anyhow::Error::msg)
+        }
         _ => Ok(0),
     }
 }

@@ -59,7 +59,7 @@ pub async fn run(paths: &Paths, args: PushArgs) -> Result<Status> {
     let reports = if args.merge {
         let project = paths.load()?;
         let selected = project.select(&args.variants)?;
-        merge(&project, &selected, &args, &paths.cache, epoch).await?
+        merge(&project, &selected, &args, paths, epoch).await?
     } else {
         let built = build_variants(
             paths,
@@ -70,7 +70,7 @@ pub async fn run(paths: &Paths, args: PushArgs) -> Result<Status> {
             args.arch.as_deref(),
         )
         .await?;
-        push(&paths.project, &built, &args, &paths.cache, epoch).await?
+        push(paths, &built, &args, epoch).await?
     };
     if args.json {
         print_json(&reports)?;
@@ -128,13 +128,13 @@ fn variants_with_layer<'a>(project: &'a Project, layer: &str, not: &str) -> Vec<
 
 /// Push every built variant of `built` to `args.registry`.
 async fn push(
-    project_root: &Path,
+    paths: &Paths,
     built: &BuildReport,
     args: &PushArgs,
-    cache_dir: &Path,
     epoch: u64,
 ) -> Result<Vec<PushReport>> {
-    let opts = push_options(args, cache_dir)?;
+    let project_root = paths.project.as_path();
+    let opts = push_options(args, paths)?;
     let (_, extra) = extra_tags(project_root, args, epoch)?;
     let project = Project::load(project_root)?;
     let registry = args.registry.trim_end_matches('/');
@@ -182,7 +182,7 @@ async fn merge(
     project: &Project,
     variants: &[&Variant],
     args: &PushArgs,
-    cache_dir: &Path,
+    paths: &Paths,
     epoch: u64,
 ) -> Result<Vec<PushReport>> {
     let (vars, extra) = extra_tags(&project.root, args, epoch)?;
@@ -190,7 +190,7 @@ async fn merge(
         .first()
         .context("--merge needs --tag: the per-arch manifests are read from <first tag>-<arch>")?
         .clone();
-    let publisher = Publisher::new(push_options(args, cache_dir)?);
+    let publisher = Publisher::new(push_options(args, paths)?);
     let registry = args.registry.trim_end_matches('/');
     let mut reports = Vec::new();
     for v in variants {
@@ -222,10 +222,11 @@ fn merge_tags(own: impl Iterator<Item = String>, extra: &[String]) -> Vec<String
     tags
 }
 
-fn push_options(args: &PushArgs, cache_dir: &Path) -> Result<PushOptions> {
+fn push_options(args: &PushArgs, paths: &Paths) -> Result<PushOptions> {
     let mut opts = PushOptions::from_env();
     opts.plain_http = args.plain_http;
-    opts.locations_dir = Some(locations_dir(cache_dir));
+    opts.net = paths.net(std::sync::Arc::new(super::progress::RetryLines));
+    opts.locations_dir = Some(locations_dir(&paths.cache));
     if args.password_stdin {
         let user = args
             .username

@@ -10,15 +10,18 @@ use crate::support::layout::{Layout, noise, tar_layer};
 use crate::support::proxy::{Logged, Proxy};
 use crate::support::registry::TestRegistry;
 use crate::support::*;
-use hakim::publish::{Publisher, PushOptions, RetryPolicy};
+use hakim::publish::{NetOptions, Publisher, PushOptions, RetryPolicy};
 
 fn opts(locations: Option<&Path>) -> PushOptions {
     PushOptions {
-        retry: RetryPolicy {
-            max_attempts: 3,
-            base_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(200),
-            max_retry_after: Duration::from_secs(1),
+        net: NetOptions {
+            retry: RetryPolicy {
+                max_attempts: 3,
+                base_delay: Duration::from_millis(50),
+                max_delay: Duration::from_millis(200),
+                max_retry_after: Duration::from_secs(1),
+            },
+            ..NetOptions::default()
         },
         locations_dir: locations.map(Path::to_path_buf),
         ..PushOptions::default()
