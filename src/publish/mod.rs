@@ -402,7 +402,7 @@ impl Publisher {
         let path = layout::blob_path(layout_dir, &b.digest);
         let outcome = reg
             .with_retry(&format!("push blob {} to {repo}", b.digest), || {
-                reg.push_blob(repo, &b.digest, b.size, &path, None)
+                reg.push_blob(repo, &b.digest, b.size, &path)
             })
             .await?;
         Ok((outcome, None))

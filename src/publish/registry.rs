@@ -481,41 +481,20 @@ impl Registry {
         }
     }
 
-    /// Push one blob from `path`: mount from `mount_from` when given, else (or on 202) upload.
+    /// Upload one blob from `path` in a new upload session (mounts are [`Self::try_mount`]).
     pub async fn push_blob(
         &self,
         repo: &str,
         digest: &Sha256Digest,
         size: u64,
         path: &Path,
-        mount_from: Option<&str>,
     ) -> Result<BlobOutcome> {
-        let location = match mount_from {
-            Some(from) => {
-                let url = format!(
-                    "{}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}",
-                    self.base
-                );
-                let scopes = vec![push_scope(repo), format!("repository:{from}:pull")];
-                let req = Req::new(Method::POST, url, scopes);
-                let resp = self.send(repo, &req).await?;
-                let resp = self.expect(&req, resp, &[201, 202]).await?;
-                if resp.status().as_u16() == 201 {
-                    return Ok(BlobOutcome::Mounted);
-                }
-                // 202: the registry could not mount and opened an ordinary upload session instead.
-                (self.location(&req, &resp)?, min_chunk_length(&resp))
-            }
-            None => {
-                let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
-                let req = Req::new(Method::POST, url, vec![push_scope(repo)]);
-                let resp = self.send(repo, &req).await?;
-                let resp = self.expect(&req, resp, &[202]).await?;
-                (self.location(&req, &resp)?, min_chunk_length(&resp))
-            }
-        };
-        let (location, min_chunk) = location;
-        self.upload(repo, location, digest, size, path, min_chunk)
+        let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
+        let req = Req::new(Method::POST, url, vec![push_scope(repo)]);
+        let resp = self.send(repo, &req).await?;
+        let resp = self.expect(&req, resp, &[202]).await?;
+        let location = self.location(&req, &resp)?;
+        self.upload(repo, location, digest, size, path, min_chunk_length(&resp))
             .await?;
         Ok(BlobOutcome::Uploaded(size))
     }
