@@ -11,6 +11,7 @@ mod debian_repo;
 mod entrypoint;
 mod entrypoint_image;
 mod entrypoint_input;
+mod export;
 mod fuzz;
 mod hostile;
 mod interrupt;
