@@ -182,8 +182,6 @@ fn ci_rehearsal_publishes_merges_and_releases_against_a_local_registry() {
     }
     let out = Command::new(repo_root().join("scripts/ci-rehearsal"))
         .env("HAKIM", env!("CARGO_BIN_EXE_hakim"))
-        // Release assets need `hakim export` (issue 10), which is not on this branch yet.
-        .env("REHEARSAL_ASSETS", "0")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -193,4 +191,9 @@ fn ci_rehearsal_publishes_merges_and_releases_against_a_local_registry() {
     // Both sequences checked both variants, the release one with its stable tags.
     assert_eq!(stdout.matches("  test-base: ").count(), 2, "{stdout}");
     assert!(stdout.contains("v1.2.3 v1.2 latest -> sha256:"), "{stdout}");
+    // Release assets: OCI archive and rootfs per variant and arch, checksums verified.
+    assert!(
+        stdout.contains("  assets: 6 files, sha256sums.txt verified"),
+        "{stdout}"
+    );
 }
