@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use hakim::build::{self, BuildOptions, BuildReport};
+use hakim::spec::Variant;
 
 use super::{Paths, exit::Status, print_json, progress::Reporter, source_date_epoch};
 
@@ -23,13 +24,23 @@ pub struct BuildArgs {
     /// Value for `{version}` in tags and the version annotation.
     #[arg(long = "image-version")]
     pub version: Option<String>,
+    /// Build only this architecture (a CI matrix job); the image is its bare manifest.
+    #[arg(long)]
+    pub arch: Option<String>,
 }
 
 /// Build, then print each variant's digest and refs (or the JSON report).
 pub async fn run(paths: &Paths, args: BuildArgs) -> Result<Status> {
     let started = std::time::Instant::now();
-    let report =
-        build_variants(paths, &args.variants, args.json, args.offline, args.version).await?;
+    let report = build_variants(
+        paths,
+        &args.variants,
+        args.json,
+        args.offline,
+        args.version,
+        args.arch.as_deref(),
+    )
+    .await?;
     if args.json {
         print_json(&report)?;
     } else {
@@ -46,16 +57,30 @@ pub async fn run(paths: &Paths, args: BuildArgs) -> Result<Status> {
     Ok(Status::SUCCESS)
 }
 
-/// Build the named variants (all when none) with progress on stderr unless `quiet`.
+/// Build the named variants (all when none) with progress on stderr unless `quiet`; only
+/// `arch` when given.
 pub async fn build_variants(
     paths: &Paths,
     variants: &[String],
     quiet: bool,
     offline: bool,
     version: Option<String>,
+    arch: Option<&str>,
 ) -> Result<BuildReport> {
     let project = paths.load()?;
-    let selected = project.select(variants)?;
+    let mut selected: Vec<Variant> = project.select(variants)?.into_iter().cloned().collect();
+    if let Some(arch) = arch {
+        for v in &mut selected {
+            anyhow::ensure!(
+                v.archs.iter().any(|a| a == arch),
+                "variant {} is not built for {arch} (its archs: {})",
+                v.key,
+                v.archs.join(", ")
+            );
+            v.archs = vec![arch.to_string()];
+        }
+    }
+    let selected: Vec<&Variant> = selected.iter().collect();
     let reporter = std::sync::Arc::new(Reporter::new(quiet));
     let opts = BuildOptions {
         cache_dir: paths.cache.clone(),

@@ -111,6 +111,7 @@ pub async fn run(paths: &Paths, cmd: ExportCommand) -> Result<Status> {
         common.json || to_stdout,
         common.offline,
         None,
+        None,
     )
     .await?;
     let epoch = source_date_epoch()?;

@@ -19,6 +19,18 @@ pub enum PublishError {
         /// [`crate::oci::LayoutError::RefNotFound`], listing the names there are.
         source: Box<crate::oci::LayoutError>,
     },
+    /// A merge found some arch manifests missing; nothing was pushed.
+    #[error(
+        "cannot merge {repository}: not every arch has landed (missing: {missing}); nothing was pushed"
+    )]
+    MergeIncomplete { repository: String, missing: String },
+    /// An arch manifest to merge is not what its tag says; nothing was pushed.
+    #[error("cannot merge {repository}:{reference}: {detail}; nothing was pushed")]
+    MergeMismatch {
+        repository: String,
+        reference: String,
+        detail: String,
+    },
     /// The target `<registry>/<repository>` string is not usable.
     #[error("invalid target repository `{target}`: {reason}")]
     BadTarget { target: String, reason: String },

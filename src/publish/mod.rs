@@ -7,12 +7,14 @@
 mod auth;
 mod error;
 pub(crate) mod layout;
+mod locations;
+mod merge;
 mod registry;
 mod tags;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -25,13 +27,25 @@ pub use crate::git::{TagError, TagVars, ci_tags, expand_tag, release_tags, valid
 pub use crate::net::{NetOptions, RetryLog, RetryPolicy};
 pub use auth::{CredentialContext, CredentialOrigin, Credentials, Secret, resolve_credentials};
 pub use error::{PublishError, Result};
+pub use locations::BlobLocations;
+pub use merge::arch_tag;
 pub use tags::step_summary;
 
 use layout::plan;
 use registry::{BlobOutcome, Registry};
 
-/// GHCR refuses chunks above 4 MiB; no chunk is ever bigger.
-pub const MAX_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+/// GHCR refuses chunks above 4 MiB.
+pub const GHCR_MAX_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+
+/// Mount attempts per blob before it is uploaded.
+const MAX_MOUNT_TRIES: usize = 3;
+
+/// The chunk size a registry host needs: GHCR's cap for GHCR, else `None` (one monolithic PUT,
+/// the fewest round trips; a registry's `OCI-Chunk-Min-Length` is honoured when chunking).
+pub fn default_chunk_size(host: &str) -> Option<usize> {
+    let bare = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    (bare == "ghcr.io").then_some(GHCR_MAX_CHUNK_SIZE)
+}
 
 /// How to push.
 #[derive(Clone, Debug)]
@@ -44,13 +58,16 @@ pub struct PushOptions {
     pub credential_context: CredentialContext,
     /// Blobs pushed at once.
     pub concurrency: usize,
-    /// Upload chunk size; capped at [`MAX_CHUNK_SIZE`]. Blobs up to this size go in one PUT.
-    pub chunk_size: usize,
+    /// Upload chunk size; `None` picks [`default_chunk_size`] for the registry. Blobs up to
+    /// this size go in one PUT.
+    pub chunk_size: Option<usize>,
     /// Retries, stall timeout and retry reporting.
     pub net: NetOptions,
     /// Sibling repositories (`host/ns/name`) to try mounting blobs from when this process
     /// has not seen the blob yet, e.g. the base variant's repository in a CI matrix.
     pub mount_candidates: Vec<String>,
+    /// Where blob locations are remembered across invocations (see [`BlobLocations`]).
+    pub locations_dir: Option<PathBuf>,
 }
 
 impl Default for PushOptions {
@@ -60,9 +77,10 @@ impl Default for PushOptions {
             credentials: None,
             credential_context: CredentialContext::default(),
             concurrency: 4,
-            chunk_size: MAX_CHUNK_SIZE,
+            chunk_size: None,
             net: NetOptions::default(),
             mount_candidates: Vec::new(),
+            locations_dir: None,
         }
     }
 }
@@ -111,6 +129,8 @@ pub struct PushReport {
     pub blobs_uploaded: usize,
     /// Blobs mounted from a sibling repository.
     pub blobs_mounted: usize,
+    /// Each mounted blob and the repository it came from.
+    pub mounts: Vec<MountedBlob>,
     /// Blobs the repository already had.
     pub blobs_present: usize,
     /// Bytes sent in blob uploads.
@@ -119,6 +139,15 @@ pub struct PushReport {
     pub auth: CredentialOrigin,
     /// Wall time of the push.
     pub duration_ms: u64,
+}
+
+/// A blob mounted instead of uploaded.
+#[derive(Clone, Debug, Serialize)]
+pub struct MountedBlob {
+    /// The blob.
+    pub digest: Sha256Digest,
+    /// Repository (same registry) it was mounted from.
+    pub from: String,
 }
 
 /// A parsed `host[:port]/path/name` target.
@@ -185,22 +214,46 @@ impl Target {
 /// A registry host and whether it is spoken to over plain HTTP.
 type RegistryKey = (String, bool);
 
-/// Pushes images, remembering across pushes which repository holds which blob so later pushes
-/// of the same process mount instead of uploading.
+/// Pushes images, remembering which repository holds which blob (in this process and, with
+/// [`PushOptions::locations_dir`], across invocations) so later pushes mount instead of uploading.
 pub struct Publisher {
     opts: PushOptions,
     registries: Mutex<HashMap<RegistryKey, (Arc<Registry>, CredentialOrigin)>>,
-    /// host → blob → repositories known to hold it.
+    /// host → blob → repositories known to hold it, most recent first.
     known: Mutex<HashMap<String, HashMap<Sha256Digest, Vec<String>>>>,
+    /// blob → repositories (`host/ns/name`) that should hold it, e.g. sibling variants.
+    hints: Mutex<HashMap<Sha256Digest, Vec<String>>>,
+    memory: Option<BlobLocations>,
+    /// One lock per (host, blob): pushes of sibling images running at once send a shared blob
+    /// once, and the others mount it from the repository that got it.
+    blob_locks: BlobLocks,
 }
+
+type BlobLocks = Mutex<HashMap<(String, Sha256Digest), Arc<tokio::sync::Mutex<()>>>>;
 
 impl Publisher {
     /// A publisher with these options.
     pub fn new(opts: PushOptions) -> Self {
+        let memory = opts.locations_dir.clone().map(BlobLocations::new);
         Self {
             opts,
             registries: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
+            hints: Mutex::new(HashMap::new()),
+            memory,
+            blob_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Suggest repositories (`host/ns/name`) that should hold `digest`, tried as mount sources
+    /// after the ones known to hold it.
+    pub fn suggest_mounts(&self, digest: Sha256Digest, repos: impl IntoIterator<Item = String>) {
+        let mut hints = self.hints.lock().unwrap();
+        let list = hints.entry(digest).or_default();
+        for r in repos {
+            if !list.contains(&r) {
+                list.push(r);
+            }
         }
     }
 
@@ -215,12 +268,16 @@ impl Publisher {
             self.opts.credentials.as_ref(),
             &self.opts.credential_context,
         )?;
+        let chunk = match self.opts.chunk_size {
+            Some(c) => Some(c.max(1)),
+            None => default_chunk_size(&target.host),
+        };
         let reg = Arc::new(Registry::new(
             &target.host,
             plain,
             creds,
             &self.opts.net,
-            self.opts.chunk_size.clamp(1, MAX_CHUNK_SIZE),
+            chunk,
         )?);
         self.registries
             .lock()
@@ -229,36 +286,127 @@ impl Publisher {
         Ok((reg, origin))
     }
 
-    /// A repository in the same registry and namespace that we believe holds `digest`.
-    fn mount_source(&self, target: &Target, digest: &Sha256Digest) -> Option<String> {
+    /// Repositories in the same registry and namespace to try mounting `digest` from: those
+    /// known to hold it (this process, then the on-disk memory), then hints and candidates.
+    fn mount_sources(&self, target: &Target, digest: &Sha256Digest) -> Vec<String> {
         let same_ns = |repo: &str| {
             repo != target.repository
                 && repo.rsplit_once('/').map_or("", |(ns, _)| ns) == target.namespace()
         };
-        let known = self.known.lock().unwrap();
-        if let Some(repos) = known.get(&target.host).and_then(|m| m.get(digest))
-            && let Some(r) = repos.iter().find(|r| same_ns(r))
-        {
-            return Some(r.clone());
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |repo: String| {
+            if same_ns(&repo) && !out.contains(&repo) {
+                out.push(repo);
+            }
+        };
+        let seen = self
+            .known
+            .lock()
+            .unwrap()
+            .get(&target.host)
+            .and_then(|m| m.get(digest))
+            .cloned()
+            .unwrap_or_default();
+        seen.into_iter().for_each(&mut add);
+        if let Some(m) = &self.memory {
+            m.get(&target.host, digest).into_iter().for_each(&mut add);
         }
-        self.opts
-            .mount_candidates
+        let hinted = self
+            .hints
+            .lock()
+            .unwrap()
+            .get(digest)
+            .cloned()
+            .unwrap_or_default();
+        hinted
             .iter()
+            .chain(&self.opts.mount_candidates)
             .filter_map(|c| Target::parse(c).ok())
-            .find(|c| c.host == target.host && same_ns(&c.repository))
-            .map(|c| c.repository)
+            .filter(|c| c.host == target.host)
+            .for_each(|c| add(c.repository));
+        out.truncate(MAX_MOUNT_TRIES);
+        out
     }
 
     fn remember(&self, target: &Target, digest: Sha256Digest) {
-        let mut known = self.known.lock().unwrap();
-        let repos = known
-            .entry(target.host.clone())
-            .or_default()
-            .entry(digest)
-            .or_default();
-        if !repos.contains(&target.repository) {
-            repos.push(target.repository.clone());
+        {
+            let mut known = self.known.lock().unwrap();
+            let repos = known
+                .entry(target.host.clone())
+                .or_default()
+                .entry(digest)
+                .or_default();
+            repos.retain(|r| r != &target.repository);
+            repos.insert(0, target.repository.clone());
         }
+        if let Some(m) = &self.memory {
+            // A hint only: failing to save it costs a later upload, not this push.
+            let _ = m.record(&target.host, &digest, &target.repository);
+        }
+    }
+
+    fn forget(&self, target: &Target, digest: &Sha256Digest, repo: &str) {
+        if let Some(repos) = self
+            .known
+            .lock()
+            .unwrap()
+            .get_mut(&target.host)
+            .and_then(|m| m.get_mut(digest))
+        {
+            repos.retain(|r| r != repo);
+        }
+        if let Some(m) = &self.memory {
+            let _ = m.forget(&target.host, digest, repo);
+        }
+    }
+
+    /// HEAD, else mount from the first sibling that has it, else upload.
+    async fn push_blob(
+        &self,
+        reg: &Registry,
+        target: &Target,
+        layout: &crate::oci::Layout,
+        b: &layout::Descriptor,
+    ) -> Result<(BlobOutcome, Option<String>)> {
+        let repo = target.repository.as_str();
+        let lock = self
+            .blob_locks
+            .lock()
+            .unwrap()
+            .entry((target.host.clone(), b.digest))
+            .or_default()
+            .clone();
+        let _sending = lock.lock().await;
+        let exists = reg
+            .with_retry(&format!("HEAD blob {} in {repo}", b.digest), || {
+                reg.blob_exists(repo, &b.digest)
+            })
+            .await?;
+        if exists {
+            return Ok((BlobOutcome::Present, None));
+        }
+        for from in self.mount_sources(target, &b.digest) {
+            let mounted = reg
+                .with_retry(&format!("mount blob {} from {from}", b.digest), || {
+                    reg.try_mount(repo, &b.digest, &from)
+                })
+                .await;
+            match mounted {
+                Ok(true) => return Ok((BlobOutcome::Mounted, Some(from))),
+                // Refused, or not allowed to read `from`: the upload below still works.
+                Ok(false) | Err(PublishError::Denied { .. } | PublishError::Auth { .. }) => {
+                    self.forget(target, &b.digest, &from)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let path = layout.blob_path(&b.digest);
+        let outcome = reg
+            .with_retry(&format!("push blob {} to {repo}", b.digest), || {
+                reg.push_blob(repo, &b.digest, b.size, &path)
+            })
+            .await?;
+        Ok((outcome, None))
     }
 
     /// Push image `source_ref` of the layout at `layout_dir` to `target` (`host/ns/name`) and
@@ -301,32 +449,30 @@ impl Publisher {
         let mut blobs = plan.blobs.clone();
         // Biggest first, so the long uploads start early and overlap the small ones.
         blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
-        let outcomes: Vec<BlobOutcome> = futures::stream::iter(blobs.into_iter().map(|b| {
-            let reg = reg.clone();
-            let target = &target;
-            async move {
-                let exists = reg
-                    .with_retry(&format!("HEAD blob {} in {repo}", b.digest), || {
-                        reg.blob_exists(repo, &b.digest)
-                    })
-                    .await?;
-                let outcome = if exists {
-                    BlobOutcome::Present
-                } else {
-                    let from = self.mount_source(target, &b.digest);
-                    let path = layout.blob_path(&b.digest);
-                    reg.with_retry(&format!("push blob {} to {repo}", b.digest), || {
-                        reg.push_blob(repo, &b.digest, b.size, &path, from.as_deref())
-                    })
-                    .await?
-                };
-                self.remember(target, b.digest);
-                Ok::<_, PublishError>(outcome)
-            }
-        }))
-        .buffer_unordered(self.opts.concurrency.max(1))
-        .try_collect()
-        .await?;
+        let outcomes: Vec<(BlobOutcome, Option<String>)> =
+            futures::stream::iter(blobs.clone().into_iter().map(|b| {
+                let reg = reg.clone();
+                let target = &target;
+                async move {
+                    let outcome = self.push_blob(&reg, target, layout, &b).await?;
+                    self.remember(target, b.digest);
+                    Ok::<_, PublishError>(outcome)
+                }
+            }))
+            .buffered(self.opts.concurrency.max(1))
+            .try_collect()
+            .await?;
+        let mounts = blobs
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(b, (_, from))| {
+                from.as_ref().map(|f| MountedBlob {
+                    digest: b.digest,
+                    from: f.clone(),
+                })
+            })
+            .collect();
+        let outcomes: Vec<BlobOutcome> = outcomes.into_iter().map(|(o, _)| o).collect();
 
         let mut manifests = Vec::new();
         for doc in &plan.manifests {
@@ -374,6 +520,7 @@ impl Publisher {
             manifests,
             blobs_uploaded: count(|o| matches!(o, BlobOutcome::Uploaded(_))),
             blobs_mounted: count(|o| matches!(o, BlobOutcome::Mounted)),
+            mounts,
             blobs_present: count(|o| matches!(o, BlobOutcome::Present)),
             bytes_uploaded: outcomes
                 .iter()

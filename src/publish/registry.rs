@@ -52,7 +52,7 @@ struct Req {
     url: String,
     content_type: Option<String>,
     extra: Vec<(header::HeaderName, String)>,
-    body: Option<Vec<u8>>,
+    body: Option<bytes::Bytes>,
     /// Token scopes this request needs.
     scopes: Vec<String>,
 }
@@ -85,7 +85,8 @@ pub(crate) struct Registry {
     /// One token fetch at a time: parallel requests for the same scope share its result.
     token_fetch: tokio::sync::Mutex<()>,
     net: NetOptions,
-    chunk_size: usize,
+    /// Upload chunk size; `None` sends every blob in one monolithic PUT.
+    chunk_size: Option<usize>,
 }
 
 fn push_scope(repo: &str) -> String {
@@ -95,6 +96,15 @@ fn push_scope(repo: &str) -> String {
 /// URL without its query, which holds upload state and digests nobody needs in an error.
 fn short_url(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_string()
+}
+
+/// The `OCI-Chunk-Min-Length` an upload session asks for, 0 when none.
+fn min_chunk_length(resp: &reqwest::Response) -> usize {
+    resp.headers()
+        .get("oci-chunk-min-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The start of an error response's body, for the error message.
@@ -116,7 +126,7 @@ impl Registry {
         plain_http: bool,
         creds: Option<Credentials>,
         opts: &NetOptions,
-        chunk_size: usize,
+        chunk_size: Option<usize>,
     ) -> Result<Self> {
         let http = opts.client().and_then(|c| Ok((c, opts.upload_client()?)));
         let (http, upload_http) = http.map_err(|e| PublishError::Transport {
@@ -313,7 +323,7 @@ impl Registry {
         match &req.body {
             Some(b) => {
                 let rb = rb.header(header::CONTENT_LENGTH, b.len());
-                return match self.net.send_body(rb, b.clone()).await {
+                return match self.net.send_body(rb, b.to_vec()).await {
                     Ok(resp) => Ok(resp),
                     Err(net::SendError::Http(e)) => Err(http(e)),
                     Err(e @ net::SendError::UploadStalled(_)) => {
@@ -471,40 +481,21 @@ impl Registry {
         }
     }
 
-    /// Push one blob from `path`: mount from `mount_from` when given, else (or on 202) upload.
+    /// Upload one blob from `path` in a new upload session (mounts are [`Self::try_mount`]).
     pub async fn push_blob(
         &self,
         repo: &str,
         digest: &Sha256Digest,
         size: u64,
         path: &Path,
-        mount_from: Option<&str>,
     ) -> Result<BlobOutcome> {
-        let location = match mount_from {
-            Some(from) => {
-                let url = format!(
-                    "{}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}",
-                    self.base
-                );
-                let scopes = vec![push_scope(repo), format!("repository:{from}:pull")];
-                let req = Req::new(Method::POST, url, scopes);
-                let resp = self.send(repo, &req).await?;
-                let resp = self.expect(&req, resp, &[201, 202]).await?;
-                if resp.status().as_u16() == 201 {
-                    return Ok(BlobOutcome::Mounted);
-                }
-                // 202: the registry could not mount and opened an ordinary upload session instead.
-                self.location(&req, &resp)?
-            }
-            None => {
-                let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
-                let req = Req::new(Method::POST, url, vec![push_scope(repo)]);
-                let resp = self.send(repo, &req).await?;
-                let resp = self.expect(&req, resp, &[202]).await?;
-                self.location(&req, &resp)?
-            }
-        };
-        self.upload(repo, location, digest, size, path).await?;
+        let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
+        let req = Req::new(Method::POST, url, vec![push_scope(repo)]);
+        let resp = self.send(repo, &req).await?;
+        let resp = self.expect(&req, resp, &[202]).await?;
+        let location = self.location(&req, &resp)?;
+        self.upload(repo, location, digest, size, path, min_chunk_length(&resp))
+            .await?;
         Ok(BlobOutcome::Uploaded(size))
     }
 
@@ -520,6 +511,7 @@ impl Registry {
         digest: &Sha256Digest,
         size: u64,
         path: &Path,
+        min_chunk: usize,
     ) -> Result<()> {
         let read_chunk = |offset: u64, len: usize| -> Result<Vec<u8>> {
             let io = |e: std::io::Error| PublishError::Layout {
@@ -533,14 +525,19 @@ impl Registry {
             Ok(buf)
         };
         let scopes = vec![push_scope(repo)];
-        let final_body = if size <= self.chunk_size as u64 {
-            // Small blob: one monolithic PUT.
-            Some(read_chunk(0, size as usize)?)
-        } else {
+        // A registry may ask for a minimum chunk size (OCI-Chunk-Min-Length); honour it.
+        let chunk_size = self.chunk_size.map(|c| c.max(min_chunk));
+        let final_body = match chunk_size {
+            Some(c) if size > c as u64 => None,
+            // Monolithic PUT: fewest round trips, what every registry but GHCR takes.
+            _ => Some(read_chunk(0, size as usize)?.into()),
+        };
+        if final_body.is_none() {
+            let chunk_size = chunk_size.expect("chunked only with a chunk size");
             let mut offset = 0u64;
             let mut resumes = 0;
             while offset < size {
-                let len = (size - offset).min(self.chunk_size as u64) as usize;
+                let len = (size - offset).min(chunk_size as u64) as usize;
                 let chunk = read_chunk(offset, len)?;
                 let mut req = Req::new(Method::PATCH, location.clone(), scopes.clone());
                 req.content_type = Some("application/octet-stream".into());
@@ -548,7 +545,7 @@ impl Registry {
                     header::CONTENT_RANGE,
                     format!("{}-{}", offset, offset + len as u64 - 1),
                 ));
-                req.body = Some(chunk);
+                req.body = Some(chunk.into());
                 let sent = match self.send(repo, &req).await {
                     Ok(resp) => self.expect(&req, resp, &[202]).await,
                     Err(e) => Err(e),
@@ -579,8 +576,7 @@ impl Registry {
                     Err(e) => return Err(e),
                 }
             }
-            None
-        };
+        }
         let mut req = Req::new(Method::PUT, Self::with_digest(&location, digest), scopes);
         req.content_type = Some("application/octet-stream".into());
         req.body = final_body;
@@ -645,10 +641,88 @@ impl Registry {
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
         let mut req = Req::new(Method::PUT, url, vec![push_scope(repo)]);
         req.content_type = Some(media_type.to_string());
-        req.body = Some(bytes.to_vec());
+        req.body = Some(bytes::Bytes::copy_from_slice(bytes));
         let resp = self.send(repo, &req).await?;
         let resp = self.expect(&req, resp, &[200, 201]).await?;
         Self::check_digest(&req, &resp, digest)
+    }
+
+    /// Try mounting `digest` from repository `from` into `repo`: true when mounted. A refusal
+    /// (202 opens an upload session instead) cancels that session and answers false.
+    pub async fn try_mount(&self, repo: &str, digest: &Sha256Digest, from: &str) -> Result<bool> {
+        let url = format!(
+            "{}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}",
+            self.base
+        );
+        let scopes = vec![push_scope(repo), format!("repository:{from}:pull")];
+        let req = Req::new(Method::POST, url, scopes);
+        let resp = self.send(repo, &req).await?;
+        let resp = self.expect(&req, resp, &[201, 202]).await?;
+        if resp.status().as_u16() == 201 {
+            return Ok(true);
+        }
+        // The session would otherwise linger until the registry's upload purge.
+        if let Ok(location) = self.location(&req, &resp) {
+            let cancel = Req::new(Method::DELETE, location, vec![push_scope(repo)]);
+            let _ = self.send(repo, &cancel).await;
+        }
+        Ok(false)
+    }
+
+    /// The manifest or index at `reference` (tag or digest) of `repo`: its media type and
+    /// exact bytes, or `None` when the registry has no such manifest.
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<(String, Vec<u8>)>> {
+        let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
+        let mut req = Req::new(Method::GET, url, vec![push_scope(repo)]);
+        req.extra.push((
+            header::ACCEPT,
+            format!(
+                "{},{}",
+                crate::media::MANIFEST,
+                crate::media::INDEX
+            ),
+        ));
+        let resp = self.send(repo, &req).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.expect(&req, resp, &[200]).await?;
+        let media_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = resp.bytes().await.map_err(|e| PublishError::Transport {
+            method: "GET".into(),
+            url: short_url(&req.url),
+            detail: net::error_chain(&e.without_url()),
+            transient: true,
+        })?;
+        Ok(Some((media_type, bytes.to_vec())))
+    }
+
+    /// The blob `digest` of `repo`, or `None` when absent. Small blobs only (configs): the
+    /// body is held in memory; the caller verifies the digest.
+    pub async fn get_blob(&self, repo: &str, digest: &Sha256Digest) -> Result<Option<Vec<u8>>> {
+        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
+        let req = Req::new(Method::GET, url, vec![push_scope(repo)]);
+        let resp = self.send(repo, &req).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.expect(&req, resp, &[200]).await?;
+        let bytes = resp.bytes().await.map_err(|e| PublishError::Transport {
+            method: "GET".into(),
+            url: short_url(&req.url),
+            detail: net::error_chain(&e.without_url()),
+            transient: true,
+        })?;
+        Ok(Some(bytes.to_vec()))
     }
 }
 
@@ -680,7 +754,7 @@ mod tests {
             stall_timeout: Duration::from_millis(500),
             ..NetOptions::default()
         };
-        let reg = Registry::new(&host, true, None, &net, 4 << 20).unwrap();
+        let reg = Registry::new(&host, true, None, &net, Some(4 << 20)).unwrap();
         // Far more than the socket buffers of both ends hold.
         let body = vec![7u8; 64 << 20];
         let digest = Sha256Digest::of(&body);
@@ -736,7 +810,7 @@ mod tests {
             stall_timeout: Duration::from_secs(2),
             ..NetOptions::default()
         };
-        let reg = Registry::new(&host, true, None, &net, 4 << 20).unwrap();
+        let reg = Registry::new(&host, true, None, &net, Some(4 << 20)).unwrap();
         reg.put_manifest("ns/x", "latest", "application/octet-stream", &body, &digest)
             .await
             .unwrap();

@@ -84,6 +84,7 @@ mod tests {
             }],
             blobs_uploaded: 2,
             blobs_mounted: 1,
+            mounts: Vec::new(),
             blobs_present: 3,
             bytes_uploaded: 3 * 1024 * 1024,
             auth: crate::publish::CredentialOrigin::Anonymous,

@@ -29,6 +29,8 @@ fn opts() -> PushOptions {
             retry: fast_retry(),
             ..NetOptions::default()
         },
+        // GHCR-sized chunks, so the chunked path is exercised against the local registry.
+        chunk_size: Some(hakim::publish::GHCR_MAX_CHUNK_SIZE),
         ..PushOptions::default()
     }
 }
