@@ -680,3 +680,6 @@ fn valid_account_name(n: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b))
         && !n.as_bytes()[0].is_ascii_digit()
 }
+
+#[cfg(test)]
+mod inherit_tests;
