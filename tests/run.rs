@@ -255,6 +255,8 @@ fn test_reports_each_test_and_fails_on_any_failure() {
 fn a_hanging_test_is_killed_at_the_timeout() {
     let s = project();
     let started = std::time::Instant::now();
+    // The timeout is the behaviour: 1 s against a test that would hang far longer, bounded
+    // here with 30x margin so a slow machine cannot fail it.
     let out = s
         .hakim()
         .args(["test", "slow", "--timeout", "1"])
