@@ -3,8 +3,10 @@
 
 pub mod image;
 pub mod layout;
+pub mod mirror_proxy;
 pub mod proxy;
 pub mod registry;
+pub mod run_cache;
 pub mod skopeo;
 
 use std::fs;
