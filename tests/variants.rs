@@ -9,8 +9,8 @@ use std::process::Command;
 
 use support::*;
 
-/// Build every shipped variant once per test process; the download and layer caches are the
-/// user's default cache, so CI reuses them between runs.
+/// Build every shipped variant once per test process, every layer fresh by the code under test
+/// (a private cache sharing only downloads with the default cache: `support::run_cache`).
 fn build_all() -> &'static (tempfile::TempDir, serde_json::Value) {
     static BUILT: std::sync::OnceLock<(tempfile::TempDir, serde_json::Value)> =
         std::sync::OnceLock::new();
@@ -18,22 +18,16 @@ fn build_all() -> &'static (tempfile::TempDir, serde_json::Value) {
         require_root();
         require_bin("bwrap", "bubblewrap");
         let out = tempfile::tempdir().unwrap();
+        let _building = run_cache::lock();
         let report = json(&run_ok(
-            Command::new(env!("CARGO_BIN_EXE_hakim"))
-                .arg("--project")
-                .arg(repo_root())
-                .arg("--out")
-                .arg(out.path())
-                .args(["build", "--all", "--json"]),
+            run_cache::hakim(out.path()).args(["build", "--all", "--json"]),
         ));
         (out, report)
     })
 }
 
 fn hakim_out(out: &std::path::Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hakim"));
-    c.arg("--project").arg(repo_root()).arg("--out").arg(out);
-    c
+    run_cache::hakim(out)
 }
 
 #[test]
@@ -168,32 +162,90 @@ fn base_image_has_a_complete_dpkg_database_as_read_by_umoci() {
     assert!(root.join("etc/apt/sources.list.d/debian.sources").is_file());
 }
 
-#[test]
-fn package_layers_are_reproducible() {
-    require_root();
-    let a = Scratch::fixture("debian");
-    run_ok(a.hakim().args(["lock", "anchor"]));
-    let b = Scratch::fixture("debian");
-    fs::copy(
-        a.project().join("hakim.lock"),
-        b.project().join("hakim.lock"),
+/// The `extra` fixture (packages, a locale, `run:` steps, plus accounts merged into the package
+/// layer) built twice from one lock with separate caches: once normally, once on a single core.
+struct ExtraPair {
+    a: Scratch,
+    b: Scratch,
+}
+
+fn extra_pair() -> &'static ExtraPair {
+    static PAIR: std::sync::OnceLock<ExtraPair> = std::sync::OnceLock::new();
+    PAIR.get_or_init(|| {
+        require_root();
+        require_bin("bwrap", "bubblewrap");
+        require_bin("taskset", "util-linux");
+        let scratch = || {
+            let s = Scratch::fixture("debian");
+            let extra = s.read("layers/extra/layer.yaml");
+            s.write(
+                "layers/extra/layer.yaml",
+                &format!(
+                    "{extra}accounts:\n  groups:\n    - name: team\n      gid: 1500\n  users:\n    - name: dev\n      uid: 1500\n      groups: [team]\n      shell: /bin/bash\n"
+                ),
+            );
+            s
+        };
+        let (a, b) = (scratch(), scratch());
+        run_ok(a.hakim().args(["lock", "extra"]));
+        fs::copy(a.project().join("hakim.lock"), b.project().join("hakim.lock")).unwrap();
+        run_ok(a.hakim().args(["build", "extra"]));
+        let mut pinned = Command::new("taskset");
+        pinned.args(["-c", "0"]).arg(env!("CARGO_BIN_EXE_hakim"));
+        pinned.args(b.hakim().get_args()).args(["build", "extra"]);
+        pinned.env_remove("SOURCE_DATE_EPOCH");
+        run_ok(&mut pinned);
+        ExtraPair { a, b }
+    })
+}
+
+/// Every blob digest behind `reference`: the manifest, its config and each layer.
+fn digests(layout: &std::path::Path, reference: &str) -> Vec<String> {
+    let raw = skopeo_inspect(layout, reference, &["--raw"]);
+    let manifest = match raw["manifests"].as_array() {
+        Some(list) => list[0]["digest"].as_str().unwrap().to_string(),
+        None => panic!("{reference} is not an index: {raw}"),
+    };
+    let m: serde_json::Value = serde_json::from_slice(
+        &fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(manifest.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
     )
     .unwrap();
-    let ja = json(&run_ok(a.hakim().args(["build", "anchor", "--json"])));
-    let jb = json(&run_ok(b.hakim().args(["build", "anchor", "--json"])));
-    assert_eq!(
-        ja["variants"][0]["digest"], jb["variants"][0]["digest"],
-        "two builds of the same lock differ"
-    );
-    assert_eq!(ja["variants"][0]["archs"][0]["layers"][0]["cached"], false);
-    assert_eq!(jb["variants"][0]["archs"][0]["layers"][0]["cached"], false);
+    let mut out = vec![
+        manifest,
+        m["config"]["digest"].as_str().unwrap().to_string(),
+    ];
+    for l in m["layers"].as_array().unwrap() {
+        out.push(l["digest"].as_str().unwrap().to_string());
+    }
+    out
 }
 
 #[test]
-fn run_steps_and_locales_work_in_package_layers() {
-    require_root();
-    let s = Scratch::fixture("debian");
-    run_ok(s.hakim().args(["build", "extra"]));
+fn package_layers_are_reproducible_across_caches_and_core_counts() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        cores >= 2,
+        "this test compares a build on {cores} core(s) with one on a single core: it needs 2 or more"
+    );
+    let one = run_ok(Command::new("taskset").args(["-c", "0", "nproc"]));
+    assert_eq!(String::from_utf8_lossy(&one.stdout).trim(), "1");
+    let p = extra_pair();
+    let da = digests(&p.a.layout(), "test-extra:latest");
+    let db = digests(&p.b.layout(), "test-extra:latest");
+    assert!(da.len() >= 4, "manifest, config and two layers: {da:?}");
+    assert_eq!(da, db, "a single-core build in another cache differs");
+    // Package-layer layouts are valid against the OCI schemas too.
+    validate_layout(&p.a.layout());
+}
+
+#[test]
+fn run_steps_locales_and_accounts_work_in_package_layers() {
+    let s = &extra_pair().a;
     let root = umoci_unpack(
         &s.layout(),
         "test-extra:latest",
@@ -223,7 +275,23 @@ fn run_steps_and_locales_work_in_package_layers() {
     ]));
     assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "ii");
 
-    // A failing step names the layer and the step, and the layout is left alone.
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(passwd.contains("dev:x:1500:1500:"), "{passwd}");
+    assert!(
+        passwd.contains("root:x:0:0:"),
+        "dpkg's accounts kept: {passwd}"
+    );
+
+    // A failing step names the layer and the step, and the layout is left alone. (A copy of the
+    // project sharing the pair's cache, so only the failing layer is built again.)
+    let s = {
+        let c = Scratch::fixture("debian");
+        fs::remove_dir_all(c.project()).unwrap();
+        copy_dir(&s.project(), &c.project());
+        copy_dir(&s.out(), &c.out());
+        std::os::unix::fs::symlink(s.cache(), c.cache()).unwrap();
+        c
+    };
     let before = fs::read(s.layout().join("index.json")).unwrap();
     s.write(
         "layers/extra/layer.yaml",
