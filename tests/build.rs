@@ -41,7 +41,12 @@ fn layout_is_read_by_skopeo_and_umoci_with_declared_metadata() {
         .iter()
         .map(|h| h["created_by"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(history, vec!["hakim layer files", "hakim layer users"]);
+    // One history entry per layer, bottom first, each naming its layer.
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(
+        history[0].contains("files") && history[1].contains("users"),
+        "{history:?}"
+    );
     assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
 
     let raw = skopeo_inspect(&layout, "test-base:1.0", &["--raw"]);

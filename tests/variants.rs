@@ -67,6 +67,23 @@ fn every_shipped_variant_builds_and_passes_its_tests() {
 }
 
 #[test]
+fn shipped_layout_and_a_skopeo_copy_of_it_validate_against_the_oci_schemas() {
+    let (out, _) = build_all();
+    let layout = out.path().join("oci");
+    validate_layout(&layout);
+    // What a registry or another tool hands back must validate too: skopeo's own copy.
+    require_bin("skopeo", "skopeo");
+    let copy = tempfile::tempdir().unwrap();
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "--all",
+        &format!("oci:{}:hakim-python:latest", layout.display()),
+        &format!("oci:{}:hakim-python:latest", copy.path().display()),
+    ]));
+    validate_layout(copy.path());
+}
+
+#[test]
 fn base_and_tooling_layers_are_shared_by_every_language_variant() {
     let (_, report) = build_all();
     let layers = |v: &str| -> BTreeMap<String, String> {

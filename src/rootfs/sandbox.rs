@@ -283,8 +283,11 @@ pub fn require_bwrap() -> Result<(), RootfsError> {
 mod tests {
     use super::*;
 
+    /// Change detector: the exact bwrap argv, copied from the implementation, so any change to
+    /// it is a conscious one. The behaviour (no network, clean env, writes only to the upper) is
+    /// tested with real bwrap in tests/rootfs.rs (`the_sandbox_isolates_network_env_and_user_...`).
     #[test]
-    fn args_isolate_by_default() {
+    fn change_detector_bwrap_args_isolate_by_default() {
         let mut s = Sandbox::new("/r");
         s.env.insert("A".into(), "b".into());
         s.cwd = Some("/w".into());
