@@ -180,7 +180,9 @@ fn base_image_has_a_complete_dpkg_database_as_read_by_umoci() {
 }
 
 /// The `extra` fixture (packages, a locale, `run:` steps, plus accounts merged into the package
-/// layer) built twice from one lock with separate caches: once normally, once on a single core.
+/// layer, and `image_mirror:`) built twice from one lock with separate layer caches: once
+/// normally, once on a single core and `--offline` with an unreachable mirror (sharing only the
+/// first build's downloads).
 struct ExtraPair {
     a: Scratch,
     b: Scratch,
@@ -201,16 +203,29 @@ fn extra_pair() -> &'static ExtraPair {
                     "{extra}accounts:\n  groups:\n    - name: team\n      gid: 1500\n  users:\n    - name: dev\n      uid: 1500\n      groups: [team]\n      shell: /bin/bash\n"
                 ),
             );
+            s.write(
+                "variants/anchor.yaml",
+                &s.read("variants/anchor.yaml").replace(
+                    "  components: [main]\n",
+                    "  components: [main]\n  image_mirror: http://apt.example.invalid/debian\n",
+                ),
+            );
             s
         };
         let (a, b) = (scratch(), scratch());
         run_ok(a.hakim().args(["lock", "extra"]));
         fs::copy(a.project().join("hakim.lock"), b.project().join("hakim.lock")).unwrap();
         run_ok(a.hakim().args(["build", "extra"]));
+        fs::create_dir_all(b.cache()).unwrap();
+        std::os::unix::fs::symlink(a.cache().join("blobs"), b.cache().join("blobs")).unwrap();
         let mut pinned = Command::new("taskset");
         pinned.args(["-c", "0"]).arg(env!("CARGO_BIN_EXE_hakim"));
-        pinned.args(b.hakim().get_args()).args(["build", "extra"]);
+        pinned
+            .args(b.hakim().get_args())
+            .args(["build", "extra", "--offline"]);
         pinned.env_remove("SOURCE_DATE_EPOCH");
+        pinned.env("HAKIM_DEBIAN_MIRROR", "http://127.0.0.1:9");
+        pinned.env("HAKIM_DEBIAN_SECURITY_MIRROR", "http://127.0.0.1:9");
         run_ok(&mut pinned);
         ExtraPair { a, b }
     })
@@ -292,6 +307,11 @@ fn run_steps_locales_and_accounts_work_in_package_layers() {
     ]));
     assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "ii");
 
+    let sources = fs::read_to_string(root.join("etc/apt/sources.list.d/debian.sources")).unwrap();
+    assert!(
+        sources.contains("URIs: http://apt.example.invalid/debian\n"),
+        "image_mirror is what the image's apt uses: {sources}"
+    );
     let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
     assert!(passwd.contains("dev:x:1500:1500:"), "{passwd}");
     assert!(
