@@ -1,16 +1,13 @@
 //! Debian resolution, lock file and fetch, end to end against the configured real mirror.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::process::Command;
 
+use crate::support::*;
 use hakim::debian::sources::{self, MirrorConfig, MirrorEnv};
-use support::*;
 
-const ANCHOR: &str =
-    "ca-certificates,curl,git,jq,sudo,locales,openssh-client,unzip,procps,less,bash-completion";
+// Agreement with apt (mmdebstrap) is tested in `parity.rs`.
 
 /// The archive mirror, discovered exactly as hakim does for users.
 fn mirror() -> String {
@@ -40,49 +37,9 @@ fn names(lock: &serde_json::Value, key: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn anchor_set_matches_mmdebstrap() {
-    require_root();
-    require_bin("mmdebstrap", "mmdebstrap");
-    let s = Scratch::fixture("debian");
-    run_ok(s.hakim().args(["lock", "anchor"]));
-    let ours = names(&lock_json(&s), "anchor@amd64");
-
-    let tar = s.dir.path().join("mm.tar");
-    run_ok(
-        Command::new("mmdebstrap")
-            .args([
-                "--quiet",
-                "--variant=minbase",
-                "--architectures=amd64",
-                &format!("--include={ANCHOR}"),
-                "trixie",
-            ])
-            .arg(&tar)
-            .arg(mirror()),
-    );
-    let status = run_ok(
-        Command::new("tar")
-            .arg("-xOf")
-            .arg(&tar)
-            .arg("./var/lib/dpkg/status"),
-    );
-    let theirs: BTreeSet<String> = String::from_utf8_lossy(&status.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("Package: ").map(String::from))
-        .collect();
-    let only_ours: Vec<_> = ours.difference(&theirs).collect();
-    let only_theirs: Vec<_> = theirs.difference(&ours).collect();
-    assert!(
-        only_ours.is_empty() && only_theirs.is_empty(),
-        "only hakim: {only_ours:?}\nonly mmdebstrap: {only_theirs:?}"
-    );
-    assert!(ours.len() > 100, "{}", ours.len());
-}
-
-#[test]
 fn lock_is_reused_and_offline_fetch_touches_no_network() {
     // Every request goes through a counting front for the mirrors: the evidence is what it saw.
-    let mirror = support::mirror_proxy::MirrorProxy::start();
+    let mirror = crate::support::mirror_proxy::MirrorProxy::start();
     let s = Scratch::fixture("debian");
     let hakim = || {
         let mut c = s.hakim();

@@ -1,13 +1,11 @@
 //! The shipped variants: built from the real mirror and tested inside the images (the headline
 //! integration test), read back by umoci, with shared layers and reproducible package layers.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 /// Build every shipped variant once per test process, every layer fresh by the code under test
 /// (a private cache sharing only downloads with the default cache: `support::run_cache`).
