@@ -592,6 +592,8 @@ mod tests {
         base: String,
         hits: Arc<AtomicUsize>,
         peak: Arc<AtomicUsize>,
+        /// When each request arrived, in order: a wait the client chose shows as a gap.
+        arrivals: Arc<std::sync::Mutex<Vec<Instant>>>,
         _server: Arc<tiny_http::Server>,
     }
 
@@ -601,9 +603,11 @@ mod tests {
         let hits = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let current = Arc::new(AtomicUsize::new(0));
-        let (srv, h, p) = (server.clone(), hits.clone(), peak.clone());
+        let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (srv, h, p, a) = (server.clone(), hits.clone(), peak.clone(), arrivals.clone());
         std::thread::spawn(move || {
             for req in srv.incoming_requests() {
+                a.lock().unwrap().push(Instant::now());
                 let n = h.fetch_add(1, Ordering::SeqCst);
                 let (handler, p, current) = (handler.clone(), p.clone(), current.clone());
                 std::thread::spawn(move || {
@@ -644,6 +648,7 @@ mod tests {
             base: format!("http://127.0.0.1:{port}"),
             hits,
             peak,
+            arrivals,
             _server: server,
         }
     }
@@ -697,14 +702,17 @@ mod tests {
                 ..quick()
             },
         );
-        let start = Instant::now();
         let path = f
             .fetch(item(format!("{}/a", srv.base), &content))
             .await
             .unwrap();
+        // Request 1 got `429 Retry-After: 1`; request 2 came at least 1 s later (a lower bound the
+        // client's own wait sets, so a slow machine cannot break it).
+        let at = srv.arrivals.lock().unwrap().clone();
+        let gap = at[2] - at[1];
         assert!(
-            start.elapsed() >= Duration::from_secs(1),
-            "Retry-After: 1 was not honoured"
+            gap >= Duration::from_secs(1),
+            "Retry-After: 1 was not honoured: retried after {gap:?}"
         );
         assert_eq!(std::fs::read(path).unwrap(), content);
         assert_eq!(f.stats().requests, 4);
