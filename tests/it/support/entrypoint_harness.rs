@@ -1,5 +1,5 @@
 //! The bubblewrap harness for the entrypoint script and the scenarios shared by
-//! `tests/it/entrypoint.rs` (script from the repository over `HAKIM_TEST_ROOTFS` or the host) and
+//! `tests/it/entrypoint.rs` (script from the repository over `HAKIM_TEST_ROOTFS` or the built hakim-base rootfs) and
 //! `tests/it/entrypoint_image.rs` (the script inside a built hakim-base rootfs).
 //!
 
@@ -41,10 +41,12 @@ pub fn require_root() {
     );
 }
 
+/// `HAKIM_TEST_ROOTFS`, else the hakim-base image this test run built: the scenarios run on the
+/// userland the script ships with, never silently on whatever the host has.
 pub fn rootfs() -> PathBuf {
     std::env::var_os("HAKIM_TEST_ROOTFS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
+        .unwrap_or_else(|| super::image::unpacked_base().to_path_buf())
 }
 
 /// A distinctive token per test, so scans of logs and /proc cannot match by accident.
@@ -94,7 +96,7 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// The repository's script over `HAKIM_TEST_ROOTFS` (default: the host root).
+    /// The repository's script over `HAKIM_TEST_ROOTFS` (default: the built hakim-base rootfs).
     pub fn new() -> Sandbox {
         Sandbox::on(rootfs(), Path::new(SCRIPT))
     }
