@@ -378,3 +378,68 @@ async fn host_candidates_fall_through_to_a_verified_mirror() {
         "the 404 candidate was not tried first"
     );
 }
+
+/// A 127.0.0.1 repository with the real signed InRelease and Packages.gz but no Packages.xz:
+/// the index is read from the `.gz`, verified against the same Release, after the `.xz` 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_gz_is_used_when_packages_xz_is_missing() {
+    let (archive, _) = discovered();
+    let inrelease = real_inrelease(&archive, "trixie").await;
+    let gz = fetcher(
+        Cas::open(tempfile::tempdir().unwrap().keep()).unwrap(),
+        false,
+    )
+    .get(&format!(
+        "{archive}/dists/trixie/main/binary-amd64/Packages.gz"
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("mirror unreachable, cannot test: {e}"));
+    let files = HashMap::from([
+        ("/debian/dists/trixie/InRelease".to_string(), inrelease),
+        (
+            "/debian/dists/trixie/main/binary-amd64/Packages.gz".to_string(),
+            gz,
+        ),
+    ]);
+    let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let srv = serve_logged(files, requests.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(Cas::open(dir.path()).unwrap(), false);
+    let idx = repo::load(&spec("trixie", local_mirror(&srv.base), false, false), &f)
+        .await
+        .unwrap_or_else(|e| panic!("the Packages.gz fallback failed: {e}"));
+    let pf = &idx.suites[0].packages[0];
+    assert_eq!(pf.path, "main/binary-amd64/Packages.gz");
+    let paras = control::parse(&pf.text).unwrap();
+    assert!(paras.iter().any(|p| p.get("Package") == Some("bash")));
+    let seen = requests.lock().unwrap().clone();
+    let xz = seen.iter().position(|p| p.ends_with("/Packages.xz"));
+    let gz = seen.iter().position(|p| p.ends_with("/Packages.gz"));
+    assert!(
+        matches!((xz, gz), (Some(x), Some(g)) if x < g),
+        "expected the .xz to be tried first, then the .gz: {seen:?}"
+    );
+}
+
+/// Like [`serve`], recording each request path.
+fn serve_logged(files: HashMap<String, Vec<u8>>, log: Arc<std::sync::Mutex<Vec<String>>>) -> Local {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let port = server.server_addr().to_ip().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (srv, h) = (server.clone(), hits.clone());
+    std::thread::spawn(move || {
+        for req in srv.incoming_requests() {
+            h.fetch_add(1, Ordering::SeqCst);
+            log.lock().unwrap().push(req.url().to_string());
+            let _ = match files.get(req.url()).cloned() {
+                Some(b) => req.respond(tiny_http::Response::from_data(b)),
+                None => req.respond(tiny_http::Response::empty(404)),
+            };
+        }
+    });
+    Local {
+        base: format!("http://127.0.0.1:{port}/debian"),
+        hits,
+        _server: server,
+    }
+}
