@@ -379,12 +379,71 @@ async fn host_candidates_fall_through_to_a_verified_mirror() {
     );
 }
 
-/// A 127.0.0.1 repository with the real signed InRelease and Packages.gz but no Packages.xz:
-/// the index is read from the `.gz`, verified against the same Release, after the `.xz` 404.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn packages_gz_is_used_when_packages_xz_is_missing() {
+/// A throwaway gpg signing key in its own home, and its public keyring: lets a test publish a
+/// Release that differs from Debian's and is still validly signed.
+struct Signer {
+    home: tempfile::TempDir,
+}
+
+impl Signer {
+    fn new() -> Self {
+        crate::support::require_bin("gpg", "gpg");
+        let home = tempfile::tempdir().unwrap();
+        let gpg = |args: &[&str]| {
+            crate::support::run_ok(
+                std::process::Command::new("gpg")
+                    .arg("--homedir")
+                    .arg(home.path())
+                    .args(["--batch", "--quiet", "--pinentry-mode", "loopback"])
+                    .args(["--passphrase", ""])
+                    .args(args),
+            )
+        };
+        gpg(&[
+            "--quick-gen-key",
+            "hakim test <t@example.invalid>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        let public = gpg(&["--export"]).stdout;
+        std::fs::write(home.path().join("keyring.gpg"), public).unwrap();
+        Self { home }
+    }
+
+    fn keyring(&self) -> PathBuf {
+        self.home.path().join("keyring.gpg")
+    }
+
+    /// `release` clearsigned, as an InRelease.
+    fn inrelease(&self, release: &str) -> Vec<u8> {
+        let input = self.home.path().join("Release");
+        std::fs::write(&input, release).unwrap();
+        let out = self.home.path().join("InRelease");
+        let _ = std::fs::remove_file(&out);
+        crate::support::run_ok(
+            std::process::Command::new("gpg")
+                .arg("--homedir")
+                .arg(self.home.path())
+                .args(["--batch", "--quiet", "--pinentry-mode", "loopback"])
+                .args(["--passphrase", "", "--clearsign", "--output"])
+                .arg(&out)
+                .arg(&input),
+        );
+        std::fs::read(out).unwrap()
+    }
+}
+
+/// The real trixie Release text (signature checked) and its Packages.gz.
+async fn real_release_and_packages_gz() -> (String, Vec<u8>) {
     let (archive, _) = discovered();
-    let inrelease = real_inrelease(&archive, "trixie").await;
+    let real = real_inrelease(&archive, "trixie").await;
+    let text = release::verify_inrelease(
+        &Keyring::load(Path::new(release::DEFAULT_KEYRING)).unwrap(),
+        &real,
+        "t",
+    )
+    .unwrap();
     let gz = fetcher(
         Cas::open(tempfile::tempdir().unwrap().keep()).unwrap(),
         false,
@@ -394,8 +453,33 @@ async fn packages_gz_is_used_when_packages_xz_is_missing() {
     ))
     .await
     .unwrap_or_else(|e| panic!("mirror unreachable, cannot test: {e}"));
+    (text, gz)
+}
+
+fn signed_spec(base: &str, keyring: PathBuf) -> RepoSpec {
+    RepoSpec {
+        keyring: Some(keyring),
+        ..spec("trixie", local_mirror(base), false, false)
+    }
+}
+
+/// A Release that lists no Packages.xz (an older or trimmed mirror): the index is read from the
+/// listed Packages.gz and verified against its Release sha256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_gz_is_used_when_the_release_lists_no_packages_xz() {
+    let (text, gz) = real_release_and_packages_gz().await;
+    let trimmed: String = text
+        .lines()
+        .filter(|l| !l.contains("/Packages.xz"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(trimmed.contains("main/binary-amd64/Packages.gz"));
+    let signer = Signer::new();
     let files = HashMap::from([
-        ("/debian/dists/trixie/InRelease".to_string(), inrelease),
+        (
+            "/debian/dists/trixie/InRelease".to_string(),
+            signer.inrelease(&trimmed),
+        ),
         (
             "/debian/dists/trixie/main/binary-amd64/Packages.gz".to_string(),
             gz,
@@ -405,7 +489,7 @@ async fn packages_gz_is_used_when_packages_xz_is_missing() {
     let srv = serve_logged(files, requests.clone());
     let dir = tempfile::tempdir().unwrap();
     let f = fetcher(Cas::open(dir.path()).unwrap(), false);
-    let idx = repo::load(&spec("trixie", local_mirror(&srv.base), false, false), &f)
+    let idx = repo::load(&signed_spec(&srv.base, signer.keyring()), &f)
         .await
         .unwrap_or_else(|e| panic!("the Packages.gz fallback failed: {e}"));
     let pf = &idx.suites[0].packages[0];
@@ -413,11 +497,53 @@ async fn packages_gz_is_used_when_packages_xz_is_missing() {
     let paras = control::parse(&pf.text).unwrap();
     assert!(paras.iter().any(|p| p.get("Package") == Some("bash")));
     let seen = requests.lock().unwrap().clone();
-    let xz = seen.iter().position(|p| p.ends_with("/Packages.xz"));
-    let gz = seen.iter().position(|p| p.ends_with("/Packages.gz"));
     assert!(
-        matches!((xz, gz), (Some(x), Some(g)) if x < g),
-        "expected the .xz to be tried first, then the .gz: {seen:?}"
+        seen.iter().any(|p| p.ends_with("/Packages.gz"))
+            && !seen.iter().any(|p| p.ends_with("/Packages.xz")),
+        "{seen:?}"
+    );
+}
+
+/// A validly signed Release whose Origin is not Debian is refused, and nothing else is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_release_whose_origin_is_not_debian_is_refused() {
+    let (text, gz) = real_release_and_packages_gz().await;
+    assert!(
+        text.contains("Origin: Debian"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    let signer = Signer::new();
+    let files = HashMap::from([
+        (
+            "/debian/dists/trixie/InRelease".to_string(),
+            signer.inrelease(&text.replacen("Origin: Debian", "Origin: Elsewhere", 1)),
+        ),
+        (
+            "/debian/dists/trixie/main/binary-amd64/Packages.gz".to_string(),
+            gz,
+        ),
+    ]);
+    let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let srv = serve_logged(files, requests.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(Cas::open(dir.path()).unwrap(), false);
+    let err = repo::load(&signed_spec(&srv.base, signer.keyring()), &f)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, RepoError::Release(ReleaseError::NotDebian { .. })),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Elsewhere") && msg.contains("expected `Debian`"),
+        "{msg}"
+    );
+    assert_eq!(
+        requests.lock().unwrap().len(),
+        1,
+        "fetched past the Release"
     );
 }
 
