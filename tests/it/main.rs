@@ -6,6 +6,7 @@
 mod support;
 
 mod build;
+mod cli_paths;
 mod debian;
 mod debian_repo;
 mod entrypoint;
