@@ -194,7 +194,11 @@ fn extra_pair() -> &'static ExtraPair {
         require_bin("taskset", "util-linux");
         let scratch = || {
             let s = Scratch::fixture("debian");
-            let extra = s.read("layers/extra/layer.yaml");
+            // File capabilities and a hardlink made inside the sandbox: overlay upper -> layer.
+            let extra = s.read("layers/extra/layer.yaml").replace(
+                "packages: [file]",
+                "packages: [file, iputils-ping, libcap2-bin]",
+            ) + "  - name: capabilities and a hardlink\n    script: |\n      setcap cap_net_raw+ep /usr/bin/ping\n      ln /usr/bin/file /usr/local/bin/file-again\n";
             s.write(
                 "layers/extra/layer.yaml",
                 &format!(
@@ -205,7 +209,7 @@ fn extra_pair() -> &'static ExtraPair {
                 "variants/anchor.yaml",
                 &s.read("variants/anchor.yaml").replace(
                     "  components: [main]\n",
-                    "  components: [main]\n  image_mirror: http://apt.example.invalid/debian\n",
+                    "  components: [main]\n  image_mirror: http://apt.example.invalid/debian\n  image_security_mirror: http://apt.example.invalid/debian-security\n",
                 ),
             );
             s
@@ -324,6 +328,18 @@ fn run_steps_locales_and_accounts_work_in_package_layers() {
         sources.contains("URIs: http://apt.example.invalid/debian\n"),
         "image_mirror is what the image's apt uses: {sources}"
     );
+    require_bin("getcap", "libcap2-bin");
+    let caps = run_ok(Command::new("getcap").arg(root.join("usr/bin/ping")));
+    assert!(
+        String::from_utf8_lossy(&caps.stdout).contains("cap_net_raw"),
+        "file capability lost between the sandbox and the layer: {caps:?}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (
+        fs::metadata(root.join("usr/bin/file")).unwrap(),
+        fs::metadata(root.join("usr/local/bin/file-again")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "hardlink became a copy");
     let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
     assert!(passwd.contains("dev:x:1500:1500:"), "{passwd}");
     assert!(
