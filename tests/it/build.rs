@@ -244,8 +244,33 @@ fn unchanged_rebuild_uses_the_cache_and_a_change_rebuilds_only_from_there() {
             .iter()
             .all(|l| l["cached"] == false)
     );
+    // Evidence from the cache itself, not hakim's `cached` flag: a re-tarred layer would be a new
+    // file (temp + rename), so each blob keeps its inode only if nothing rebuilt it.
+    let inode = |d: &serde_json::Value| {
+        let hex = d
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        fs::metadata(s.cache().join("blobs/sha256").join(hex))
+            .unwrap()
+            .ino()
+    };
+    let inodes: Vec<u64> = layers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| inode(&l["digest"]))
+        .collect();
     let again = json(&run_ok(s.hakim().args(["build", "base", "--json"])));
     let l2 = &again["variants"][0]["archs"][0]["layers"];
+    let inodes2: Vec<u64> = l2
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| inode(&l["digest"]))
+        .collect();
+    assert_eq!(inodes, inodes2, "an unchanged layer was written again");
     assert!(
         l2.as_array().unwrap().iter().all(|l| l["cached"] == true),
         "{l2}"
@@ -270,6 +295,11 @@ fn unchanged_rebuild_uses_the_cache_and_a_change_rebuilds_only_from_there() {
         (serde_json::json!(true), serde_json::json!(false))
     );
     assert_eq!(l3[0]["digest"], layers[0]["digest"]);
+    assert_eq!(
+        inode(&l3[0]["digest"]),
+        inodes[0],
+        "the unchanged bottom layer was rebuilt"
+    );
     assert_ne!(l3[1]["digest"], layers[1]["digest"]);
 }
 
