@@ -191,12 +191,14 @@ fn editing_layer_building_code_changes_the_code_hash_and_editing_the_cli_does_no
         "src/layer/tarball.rs",
         "src/layer/install.rs",
         "src/layer/accounts.rs",
-        "src/rootfs/diff.rs",
+        "src/layer/diff.rs",
+        "src/rootfs/overlay.rs",
         "src/build.rs",
         "Cargo.lock",
     ] {
         let p = d.path().join(f);
-        let before = std::fs::read(&p).unwrap();
+        let before =
+            std::fs::read(&p).unwrap_or_else(|e| panic!("{f} moved? update this list: {e}"));
         append(&p, "\n// edited\n");
         assert_ne!(
             code_hash::source_hash(d.path()).unwrap(),

@@ -8,9 +8,10 @@ use crate::support::proxy::{BearerMock, Fault, Logged, Proxy};
 use crate::support::registry::TestRegistry;
 use crate::support::skopeo;
 use hakim::digest::Sha256Digest;
+use hakim::net::{RetryEvent, RetryObserver};
 use hakim::publish::{
-    CredentialContext, CredentialOrigin, Credentials, PublishError, Publisher, PushOptions,
-    PushReport, RetryPolicy, push,
+    CredentialContext, CredentialOrigin, Credentials, NetOptions, PublishError, Publisher,
+    PushOptions, PushReport, RetryLog, RetryPolicy, push,
 };
 
 fn fast_retry() -> RetryPolicy {
@@ -24,7 +25,10 @@ fn fast_retry() -> RetryPolicy {
 
 fn opts() -> PushOptions {
     PushOptions {
-        retry: fast_retry(),
+        net: NetOptions {
+            retry: fast_retry(),
+            ..NetOptions::default()
+        },
         ..PushOptions::default()
     }
 }
@@ -290,12 +294,23 @@ async fn dedupe_repush_shared_layers_and_changed_top_layer() {
     assert_remote_digest(&format!("{direct}/ns/other:latest"), &var2_m.digest);
 }
 
+/// Every retry the client reports, rendered.
+#[derive(Default)]
+struct Retries(std::sync::Mutex<Vec<String>>);
+impl RetryObserver for Retries {
+    fn retrying(&self, e: &RetryEvent<'_>) {
+        self.0.lock().unwrap().push(e.to_string());
+    }
+}
+
+/// Also issue 13 item 12: a silent registry is cut off by the stall timeout, and every retry is
+/// reported with its reason and wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_faults_are_retried() {
     let reg = TestRegistry::open();
     let faults = vec![
-        // 10x the request timeout: only the client's timeout can end this request.
-        Fault::Stall(Duration::from_millis(5000)),
+        // Silent for 10x the stall timeout: only stall detection ends it in time.
+        Fault::Stall(Duration::from_secs(5)),
         Fault::Drop,
         Fault::Unavailable,
         Fault::TooMany,
@@ -306,12 +321,16 @@ async fn transient_faults_are_retried() {
     let proxy = Proxy::with_faults(reg.addr, faults);
     let tmp = tempfile::tempdir().unwrap();
     let (l, m) = single_arch(&tmp.path().join("l"), b"top");
+    let seen = std::sync::Arc::new(Retries::default());
     let o = PushOptions {
-        request_timeout: Duration::from_millis(500),
         concurrency: 1,
-        retry: RetryPolicy {
-            max_attempts: 8,
-            ..fast_retry()
+        net: NetOptions {
+            stall_timeout: Duration::from_millis(500),
+            retry: RetryPolicy {
+                max_attempts: 8,
+                ..fast_retry()
+            },
+            retry_log: RetryLog::to(seen.clone()),
         },
         ..opts()
     };
@@ -324,23 +343,45 @@ async fn transient_faults_are_retried() {
     )
     .await
     .unwrap();
-    // The stalled request is logged when the proxy gives up on it, after the push moved on.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while proxy.log().iter().filter(|r| r.status == 0).count() < 3
-        && std::time::Instant::now() < deadline
-    {
+    // The proxy logs the stalled request only when its 5 s silence ends, after the client
+    // has moved on: wait for that entry (bounded) rather than racing it.
+    let unanswered = || proxy.log().iter().filter(|r| r.status == 0).count();
+    for _ in 0..300 {
+        if unanswered() >= 3 {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut log = proxy.log();
-    log.sort_by_key(|r| r.received);
+    let log = proxy.log();
     assert_eq!(log.iter().filter(|r| r.status == 429).count(), 2);
     assert_eq!(log.iter().filter(|r| r.status == 503).count(), 2);
-    // Two dropped connections and one read timeout.
-    assert_eq!(log.iter().filter(|r| r.status == 0).count(), 3);
-    // Both `Retry-After: 1` were honoured: the next request came at least 1 s after each 429
-    // (a lower bound set by the client's own wait, so a slow machine cannot break it).
-    for (i, r) in log.iter().enumerate().filter(|(_, r)| r.status == 429) {
-        let next = log.get(i + 1).expect("a request after the 429");
+    // Two dropped connections and one stalled request.
+    assert_eq!(unanswered(), 3, "{log:#?}");
+    let seen = seen.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 7, "{seen:#?}");
+    assert!(
+        seen[0].contains("attempt 1/8 failed (")
+            && seen[0].contains(": stalled: no data for 0.5s (stall timeout"),
+        "{seen:#?}"
+    );
+    // Both `Retry-After: 1` were honoured as the wait.
+    let too_many: Vec<_> = seen.iter().filter(|l| l.contains("HTTP 429")).collect();
+    assert_eq!(too_many.len(), 2, "{seen:#?}");
+    assert!(
+        too_many.iter().all(|l| l.ends_with("; retrying in 1.0s")),
+        "{seen:#?}"
+    );
+    assert_eq!(seen.iter().filter(|l| l.contains("HTTP 503")).count(), 2);
+    // And really waited: the request after each 429 reached the proxy at least 1 s later (a
+    // lower bound the client's own wait sets, so a slow machine cannot break it).
+    let mut by_arrival = log.clone();
+    by_arrival.sort_by_key(|r| r.received);
+    for (i, r) in by_arrival
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.status == 429)
+    {
+        let next = by_arrival.get(i + 1).expect("a request after the 429");
         let gap = next.received - r.received;
         assert!(gap >= Duration::from_secs(1), "retried {gap:?} after a 429");
     }
