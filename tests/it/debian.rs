@@ -5,22 +5,12 @@ use std::fs;
 use std::process::Command;
 
 use crate::support::*;
-use hakim::debian::sources::{self, MirrorConfig, MirrorEnv};
 
 // Agreement with apt (mmdebstrap) is tested in `parity.rs`.
 
 /// The archive mirror, discovered exactly as hakim does for users.
 fn mirror() -> String {
-    let apt = std::path::Path::new(sources::HOST_APT_DIR);
-    let host = sources::read_apt_sources(apt).expect("reading the host's apt sources");
-    let m = sources::discover(
-        &MirrorConfig::default(),
-        &MirrorEnv::from_process(),
-        &host,
-        apt,
-    )
-    .expect("no Debian mirror configured: set HAKIM_DEBIAN_MIRROR or add an apt source");
-    m.archive[0].url.clone()
+    crate::support::mirror_proxy::mirrors().0
 }
 
 fn lock_json(s: &Scratch) -> serde_json::Value {

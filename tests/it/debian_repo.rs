@@ -456,11 +456,34 @@ async fn real_release_and_packages_gz() -> (String, Vec<u8>) {
     (text, gz)
 }
 
-fn signed_spec(base: &str, keyring: PathBuf) -> RepoSpec {
-    RepoSpec {
-        keyring: Some(keyring),
-        ..spec("trixie", local_mirror(base), false, false)
-    }
+/// Load trixie from a 127.0.0.1 repository serving `release` (signed by a throwaway key that is
+/// the only trusted one) and the real Packages.gz; also returns every request path it saw.
+async fn load_signed(
+    release: &str,
+    gz: Vec<u8>,
+) -> (Result<repo::RepoIndexes, RepoError>, Vec<String>) {
+    let signer = Signer::new();
+    let files = HashMap::from([
+        (
+            "/debian/dists/trixie/InRelease".to_string(),
+            signer.inrelease(release),
+        ),
+        (
+            "/debian/dists/trixie/main/binary-amd64/Packages.gz".to_string(),
+            gz,
+        ),
+    ]);
+    let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let srv = serve_logged(files, requests.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(Cas::open(dir.path()).unwrap(), false);
+    let spec = RepoSpec {
+        keyring: Some(signer.keyring()),
+        ..spec("trixie", local_mirror(&srv.base), false, false)
+    };
+    let result = repo::load(&spec, &f).await;
+    let seen = requests.lock().unwrap().clone();
+    (result, seen)
 }
 
 /// A Release that lists no Packages.xz (an older or trimmed mirror): the index is read from the
@@ -474,29 +497,12 @@ async fn packages_gz_is_used_when_the_release_lists_no_packages_xz() {
         .map(|l| format!("{l}\n"))
         .collect();
     assert!(trimmed.contains("main/binary-amd64/Packages.gz"));
-    let signer = Signer::new();
-    let files = HashMap::from([
-        (
-            "/debian/dists/trixie/InRelease".to_string(),
-            signer.inrelease(&trimmed),
-        ),
-        (
-            "/debian/dists/trixie/main/binary-amd64/Packages.gz".to_string(),
-            gz,
-        ),
-    ]);
-    let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let srv = serve_logged(files, requests.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let f = fetcher(Cas::open(dir.path()).unwrap(), false);
-    let idx = repo::load(&signed_spec(&srv.base, signer.keyring()), &f)
-        .await
-        .unwrap_or_else(|e| panic!("the Packages.gz fallback failed: {e}"));
+    let (result, seen) = load_signed(&trimmed, gz).await;
+    let idx = result.unwrap_or_else(|e| panic!("the Packages.gz fallback failed: {e}"));
     let pf = &idx.suites[0].packages[0];
     assert_eq!(pf.path, "main/binary-amd64/Packages.gz");
     let paras = control::parse(&pf.text).unwrap();
     assert!(paras.iter().any(|p| p.get("Package") == Some("bash")));
-    let seen = requests.lock().unwrap().clone();
     assert!(
         seen.iter().any(|p| p.ends_with("/Packages.gz"))
             && !seen.iter().any(|p| p.ends_with("/Packages.xz")),
@@ -513,24 +519,9 @@ async fn a_signed_release_whose_origin_is_not_debian_is_refused() {
         "{}",
         &text[..200.min(text.len())]
     );
-    let signer = Signer::new();
-    let files = HashMap::from([
-        (
-            "/debian/dists/trixie/InRelease".to_string(),
-            signer.inrelease(&text.replacen("Origin: Debian", "Origin: Elsewhere", 1)),
-        ),
-        (
-            "/debian/dists/trixie/main/binary-amd64/Packages.gz".to_string(),
-            gz,
-        ),
-    ]);
-    let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let srv = serve_logged(files, requests.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let f = fetcher(Cas::open(dir.path()).unwrap(), false);
-    let err = repo::load(&signed_spec(&srv.base, signer.keyring()), &f)
-        .await
-        .unwrap_err();
+    let elsewhere = text.replacen("Origin: Debian", "Origin: Elsewhere", 1);
+    let (result, seen) = load_signed(&elsewhere, gz).await;
+    let err = result.expect_err("a Release from elsewhere was accepted");
     let msg = err.to_string();
     assert!(
         matches!(err, RepoError::Release(ReleaseError::NotDebian { .. })),
@@ -540,11 +531,7 @@ async fn a_signed_release_whose_origin_is_not_debian_is_refused() {
         msg.contains("Elsewhere") && msg.contains("expected `Debian`"),
         "{msg}"
     );
-    assert_eq!(
-        requests.lock().unwrap().len(),
-        1,
-        "fetched past the Release"
-    );
+    assert_eq!(seen.len(), 1, "fetched past the Release");
 }
 
 /// Like [`serve`], recording each request path.
