@@ -140,10 +140,11 @@ async fn loads_real_trixie_with_updates_and_security() {
     assert_eq!(off.stats().requests, 0);
 }
 
-/// A 127.0.0.1 server with fixed answers per path (404 otherwise); counts requests.
+/// A 127.0.0.1 server with fixed answers per path (404 otherwise); counts and records requests.
 struct Local {
     base: String,
     hits: Arc<AtomicUsize>,
+    paths: Arc<std::sync::Mutex<Vec<String>>>,
     _server: Arc<tiny_http::Server>,
 }
 
@@ -151,10 +152,12 @@ fn serve(files: HashMap<String, Vec<u8>>, fallback: Option<Vec<u8>>) -> Local {
     let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
     let port = server.server_addr().to_ip().unwrap().port();
     let hits = Arc::new(AtomicUsize::new(0));
-    let (srv, h) = (server.clone(), hits.clone());
+    let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (srv, h, log) = (server.clone(), hits.clone(), paths.clone());
     std::thread::spawn(move || {
         for req in srv.incoming_requests() {
             h.fetch_add(1, Ordering::SeqCst);
+            log.lock().unwrap().push(req.url().to_string());
             let body = files.get(req.url()).or(fallback.as_ref()).cloned();
             let _ = match body {
                 Some(b) => req.respond(tiny_http::Response::from_data(b)),
@@ -165,6 +168,7 @@ fn serve(files: HashMap<String, Vec<u8>>, fallback: Option<Vec<u8>>) -> Local {
     Local {
         base: format!("http://127.0.0.1:{port}/debian"),
         hits,
+        paths,
         _server: server,
     }
 }
@@ -473,8 +477,7 @@ async fn load_signed(
             gz,
         ),
     ]);
-    let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let srv = serve_logged(files, requests.clone());
+    let srv = serve(files, None);
     let dir = tempfile::tempdir().unwrap();
     let f = fetcher(Cas::open(dir.path()).unwrap(), false);
     let spec = RepoSpec {
@@ -482,7 +485,7 @@ async fn load_signed(
         ..spec("trixie", local_mirror(&srv.base), false, false)
     };
     let result = repo::load(&spec, &f).await;
-    let seen = requests.lock().unwrap().clone();
+    let seen = srv.paths.lock().unwrap().clone();
     (result, seen)
 }
 
@@ -532,27 +535,4 @@ async fn a_signed_release_whose_origin_is_not_debian_is_refused() {
         "{msg}"
     );
     assert_eq!(seen.len(), 1, "fetched past the Release");
-}
-
-/// Like [`serve`], recording each request path.
-fn serve_logged(files: HashMap<String, Vec<u8>>, log: Arc<std::sync::Mutex<Vec<String>>>) -> Local {
-    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-    let port = server.server_addr().to_ip().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let (srv, h) = (server.clone(), hits.clone());
-    std::thread::spawn(move || {
-        for req in srv.incoming_requests() {
-            h.fetch_add(1, Ordering::SeqCst);
-            log.lock().unwrap().push(req.url().to_string());
-            let _ = match files.get(req.url()).cloned() {
-                Some(b) => req.respond(tiny_http::Response::from_data(b)),
-                None => req.respond(tiny_http::Response::empty(404)),
-            };
-        }
-    });
-    Local {
-        base: format!("http://127.0.0.1:{port}/debian"),
-        hits,
-        _server: server,
-    }
 }
