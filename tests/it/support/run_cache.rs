@@ -16,21 +16,32 @@ pub fn default_cache() -> PathBuf {
     base.join("hakim")
 }
 
+const PREFIX: &str = "hakim-test-cache-";
+
 /// This process's cache: empty layer records, extracted-layer and temp dirs; `blobs/` is the
-/// default cache's.
+/// default cache's. Statics are never dropped, so the directory is named by pid and the caches
+/// of finished test processes are removed here instead (they would pile up, gigabytes each).
 pub fn dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        for e in std::fs::read_dir(&tmp).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         let shared = default_cache().join("blobs");
         std::fs::create_dir_all(&shared).unwrap();
-        let d = tempfile::Builder::new()
-            .prefix("hakim-test-cache-")
-            .tempdir()
-            .unwrap();
-        std::os::unix::fs::symlink(&shared, d.path().join("blobs")).unwrap();
+        let d = tmp.join(format!("{PREFIX}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::os::unix::fs::symlink(&shared, d.join("blobs")).unwrap();
         d
     })
-    .path()
 }
 
 /// Held while a hakim build writes to [`dir`], so shared layers are built once, not raced.
