@@ -578,6 +578,8 @@ mod tests {
         base: String,
         hits: Arc<AtomicUsize>,
         peak: Arc<AtomicUsize>,
+        /// When each request arrived, in order: a wait the client chose shows as a gap.
+        arrivals: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
         _server: Arc<tiny_http::Server>,
     }
 
@@ -587,9 +589,11 @@ mod tests {
         let hits = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let current = Arc::new(AtomicUsize::new(0));
-        let (srv, h, p) = (server.clone(), hits.clone(), peak.clone());
+        let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (srv, h, p, a) = (server.clone(), hits.clone(), peak.clone(), arrivals.clone());
         std::thread::spawn(move || {
             for req in srv.incoming_requests() {
+                a.lock().unwrap().push(std::time::Instant::now());
                 let n = h.fetch_add(1, Ordering::SeqCst);
                 let (handler, p, current) = (handler.clone(), p.clone(), current.clone());
                 std::thread::spawn(move || {
@@ -624,6 +628,7 @@ mod tests {
             base: format!("http://127.0.0.1:{port}"),
             hits,
             peak,
+            arrivals,
             _server: server,
         }
     }
@@ -716,6 +721,14 @@ mod tests {
         );
         let url = format!("{}/a", srv.base);
         let path = f.fetch(item(url.clone(), &content)).await.unwrap();
+        // Request 1 got `429 Retry-After: 1`; request 2 came at least 1 s later (a lower bound the
+        // client's own wait sets, so a slow machine cannot break it).
+        let at = srv.arrivals.lock().unwrap().clone();
+        let gap = at[2] - at[1];
+        assert!(
+            gap >= Duration::from_secs(1),
+            "Retry-After: 1 was not honoured: retried after {gap:?}"
+        );
         assert_eq!(std::fs::read(path).unwrap(), content);
         let seen = seen.0.lock().unwrap().clone();
         assert_eq!(seen.len(), 3, "{seen:#?}");

@@ -2,6 +2,8 @@
 
 pub mod accounts;
 pub mod archive;
+#[cfg(test)]
+mod code_hash;
 pub mod diff;
 pub mod entry;
 pub mod install;
@@ -24,6 +26,10 @@ use walk::Ownership;
 
 /// Bumped whenever the bytes hakim writes for the same inputs change.
 pub const LAYER_FORMAT: u32 = 1;
+
+/// A hash of the source that can shape layer bytes (computed by `build.rs`), so a layer cached by
+/// another build of hakim is never reused even when nobody bumped [`LAYER_FORMAT`].
+pub const LAYER_CODE: &str = env!("HAKIM_LAYER_CODE");
 
 /// Errors while assembling a layer, each naming the layer.
 #[derive(Debug, thiserror::Error)]
@@ -151,9 +157,22 @@ fn local_inputs(layer: &Layer) -> Result<Vec<LocalInput>, LayerError> {
     Ok(out)
 }
 
-/// Everything a layer's bytes depend on, hashed: definition, local files, pinned digests,
-/// architecture, compression, epoch, the parent's key, and extra inputs such as locked packages.
+/// Everything a layer's bytes depend on, hashed: the code that builds it, definition, local files,
+/// pinned digests, architecture, compression, epoch, the parent's key, and extra inputs such as
+/// locked packages.
 pub fn layer_key(
+    layer: &Layer,
+    arch: &str,
+    compression: Compression,
+    epoch: u64,
+    parent: Option<&Sha256Digest>,
+    extra: &serde_json::Value,
+) -> Result<Sha256Digest, LayerError> {
+    key_with_code(LAYER_CODE, layer, arch, compression, epoch, parent, extra)
+}
+
+fn key_with_code(
+    code: &str,
     layer: &Layer,
     arch: &str,
     compression: Compression,
@@ -169,6 +188,7 @@ pub fn layer_key(
         .collect();
     let key = serde_json::json!({
         "format": LAYER_FORMAT,
+        "code": code,
         "parent": parent,
         "arch": arch,
         "compression": compression,
@@ -513,3 +533,6 @@ pub fn archive_sources(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod key_tests;

@@ -382,6 +382,37 @@ mod tests {
     }
 
     #[test]
+    fn github_token_wins_over_the_docker_config_for_ghcr_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = |u: &str| base64::engine::general_purpose::STANDARD.encode(format!("{u}:pw"));
+        let config = serde_json::json!({"auths": {
+            "ghcr.io": {"auth": auth("from-config")},
+            "registry.example": {"auth": auth("other")},
+        }});
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        let ctx = CredentialContext {
+            docker_config_dir: Some(dir.path().to_path_buf()),
+            github_token: Some(Secret::new("gh-tok")),
+            github_actor: None,
+            ..Default::default()
+        };
+        let (c, o) = resolve_credentials("ghcr.io", None, &ctx).unwrap();
+        assert_eq!(o, CredentialOrigin::GithubEnv);
+        assert_eq!(c.unwrap().username, "github-actions");
+        let (c, o) = resolve_credentials("registry.example", None, &ctx).unwrap();
+        assert_eq!(o, CredentialOrigin::DockerConfig);
+        assert_eq!(c.unwrap().username, "other");
+        // Without the token, ghcr.io falls back to the docker config.
+        let no_token = CredentialContext {
+            github_token: None,
+            ..ctx
+        };
+        let (c, o) = resolve_credentials("ghcr.io", None, &no_token).unwrap();
+        assert_eq!(o, CredentialOrigin::DockerConfig);
+        assert_eq!(c.unwrap().username, "from-config");
+    }
+
+    #[test]
     fn github_token_only_for_ghcr() {
         let ctx = CredentialContext {
             github_token: Some(Secret::new("gh-tok")),

@@ -680,11 +680,7 @@ impl Registry {
         let mut req = Req::new(Method::GET, url, vec![push_scope(repo)]);
         req.extra.push((
             header::ACCEPT,
-            format!(
-                "{},{}",
-                crate::media::MANIFEST,
-                crate::media::INDEX
-            ),
+            format!("{},{}", crate::media::MANIFEST, crate::media::INDEX),
         ));
         let resp = self.send(repo, &req).await?;
         if resp.status() == StatusCode::NOT_FOUND {

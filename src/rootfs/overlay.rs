@@ -172,8 +172,11 @@ impl Drop for Overlay {
 mod tests {
     use super::*;
 
+    /// Change detector for the exact option string (copied from the implementation); that the
+    /// mounted overlay really shows the top layer first is tested with real mounts in
+    /// tests/it/rootfs.rs (`unpacked_layers_under_an_overlay_match_umoci`).
     #[test]
-    fn options_put_the_top_layer_first_and_respect_the_page_limit() {
+    fn change_detector_options_put_the_top_layer_first_and_respect_the_page_limit() {
         let lowers = vec![PathBuf::from("/c/bottom"), PathBuf::from("/c/to:p")];
         let o = mount_options(&lowers, Path::new("/u"), Path::new("/w")).unwrap();
         assert_eq!(

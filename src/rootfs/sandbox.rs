@@ -440,8 +440,11 @@ fn find_in_path(tool: &str) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    /// Change detector: the exact bwrap argv, copied from the implementation, so any change to
+    /// it is a conscious one. The behaviour (no network, clean env, writes only to the upper) is
+    /// tested with real bwrap in tests/it/rootfs.rs (`the_sandbox_isolates_network_env_and_user_...`).
     #[test]
-    fn bwrap_args_isolate_by_default() {
+    fn change_detector_bwrap_args_isolate_by_default() {
         let mut s = Sandbox::new("/r");
         s.env.insert("A".into(), "b".into());
         s.cwd = Some("/w".into());

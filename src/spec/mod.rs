@@ -770,3 +770,6 @@ fn validate_packages(file: &Path, spec: &LayerFile) -> Result<(), SpecError> {
 fn entry_root(p: &str) -> bool {
     p.split('/').all(|c| c.is_empty() || c == ".")
 }
+
+#[cfg(test)]
+mod inherit_tests;

@@ -140,10 +140,11 @@ async fn loads_real_trixie_with_updates_and_security() {
     assert_eq!(off.stats().requests, 0);
 }
 
-/// A 127.0.0.1 server with fixed answers per path (404 otherwise); counts requests.
+/// A 127.0.0.1 server with fixed answers per path (404 otherwise); counts and records requests.
 struct Local {
     base: String,
     hits: Arc<AtomicUsize>,
+    paths: Arc<std::sync::Mutex<Vec<String>>>,
     _server: Arc<tiny_http::Server>,
 }
 
@@ -151,10 +152,12 @@ fn serve(files: HashMap<String, Vec<u8>>, fallback: Option<Vec<u8>>) -> Local {
     let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
     let port = server.server_addr().to_ip().unwrap().port();
     let hits = Arc::new(AtomicUsize::new(0));
-    let (srv, h) = (server.clone(), hits.clone());
+    let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (srv, h, log) = (server.clone(), hits.clone(), paths.clone());
     std::thread::spawn(move || {
         for req in srv.incoming_requests() {
             h.fetch_add(1, Ordering::SeqCst);
+            log.lock().unwrap().push(req.url().to_string());
             let body = files.get(req.url()).or(fallback.as_ref()).cloned();
             let _ = match body {
                 Some(b) => req.respond(tiny_http::Response::from_data(b)),
@@ -165,6 +168,7 @@ fn serve(files: HashMap<String, Vec<u8>>, fallback: Option<Vec<u8>>) -> Local {
     Local {
         base: format!("http://127.0.0.1:{port}/debian"),
         hits,
+        paths,
         _server: server,
     }
 }
@@ -377,4 +381,158 @@ async fn host_candidates_fall_through_to_a_verified_mirror() {
         1,
         "the 404 candidate was not tried first"
     );
+}
+
+/// A throwaway gpg signing key in its own home, and its public keyring: lets a test publish a
+/// Release that differs from Debian's and is still validly signed.
+struct Signer {
+    home: tempfile::TempDir,
+}
+
+impl Signer {
+    fn new() -> Self {
+        crate::support::require_bin("gpg", "gpg");
+        let home = tempfile::tempdir().unwrap();
+        let gpg = |args: &[&str]| {
+            crate::support::run_ok(
+                std::process::Command::new("gpg")
+                    .arg("--homedir")
+                    .arg(home.path())
+                    .args(["--batch", "--quiet", "--pinentry-mode", "loopback"])
+                    .args(["--passphrase", ""])
+                    .args(args),
+            )
+        };
+        gpg(&[
+            "--quick-gen-key",
+            "hakim test <t@example.invalid>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        let public = gpg(&["--export"]).stdout;
+        std::fs::write(home.path().join("keyring.gpg"), public).unwrap();
+        Self { home }
+    }
+
+    fn keyring(&self) -> PathBuf {
+        self.home.path().join("keyring.gpg")
+    }
+
+    /// `release` clearsigned, as an InRelease.
+    fn inrelease(&self, release: &str) -> Vec<u8> {
+        let input = self.home.path().join("Release");
+        std::fs::write(&input, release).unwrap();
+        let out = self.home.path().join("InRelease");
+        let _ = std::fs::remove_file(&out);
+        crate::support::run_ok(
+            std::process::Command::new("gpg")
+                .arg("--homedir")
+                .arg(self.home.path())
+                .args(["--batch", "--quiet", "--pinentry-mode", "loopback"])
+                .args(["--passphrase", "", "--clearsign", "--output"])
+                .arg(&out)
+                .arg(&input),
+        );
+        std::fs::read(out).unwrap()
+    }
+}
+
+/// The real trixie Release text (signature checked) and its Packages.gz.
+async fn real_release_and_packages_gz() -> (String, Vec<u8>) {
+    let (archive, _) = discovered();
+    let real = real_inrelease(&archive, "trixie").await;
+    let text = release::verify_inrelease(
+        &Keyring::load(Path::new(release::DEFAULT_KEYRING)).unwrap(),
+        &real,
+        "t",
+    )
+    .unwrap();
+    let gz = fetcher(
+        Cas::open(tempfile::tempdir().unwrap().keep()).unwrap(),
+        false,
+    )
+    .get(&format!(
+        "{archive}/dists/trixie/main/binary-amd64/Packages.gz"
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("mirror unreachable, cannot test: {e}"));
+    (text, gz)
+}
+
+/// Load trixie from a 127.0.0.1 repository serving `release` (signed by a throwaway key that is
+/// the only trusted one) and the real Packages.gz; also returns every request path it saw.
+async fn load_signed(
+    release: &str,
+    gz: Vec<u8>,
+) -> (Result<repo::RepoIndexes, RepoError>, Vec<String>) {
+    let signer = Signer::new();
+    let files = HashMap::from([
+        (
+            "/debian/dists/trixie/InRelease".to_string(),
+            signer.inrelease(release),
+        ),
+        (
+            "/debian/dists/trixie/main/binary-amd64/Packages.gz".to_string(),
+            gz,
+        ),
+    ]);
+    let srv = serve(files, None);
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(Cas::open(dir.path()).unwrap(), false);
+    let spec = RepoSpec {
+        keyring: Some(signer.keyring()),
+        ..spec("trixie", local_mirror(&srv.base), false, false)
+    };
+    let result = repo::load(&spec, &f).await;
+    let seen = srv.paths.lock().unwrap().clone();
+    (result, seen)
+}
+
+/// A Release that lists no Packages.xz (an older or trimmed mirror): the index is read from the
+/// listed Packages.gz and verified against its Release sha256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_gz_is_used_when_the_release_lists_no_packages_xz() {
+    let (text, gz) = real_release_and_packages_gz().await;
+    let trimmed: String = text
+        .lines()
+        .filter(|l| !l.contains("/Packages.xz"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(trimmed.contains("main/binary-amd64/Packages.gz"));
+    let (result, seen) = load_signed(&trimmed, gz).await;
+    let idx = result.unwrap_or_else(|e| panic!("the Packages.gz fallback failed: {e}"));
+    let pf = &idx.suites[0].packages[0];
+    assert_eq!(pf.path, "main/binary-amd64/Packages.gz");
+    let paras = control::parse(&pf.text).unwrap();
+    assert!(paras.iter().any(|p| p.get("Package") == Some("bash")));
+    assert!(
+        seen.iter().any(|p| p.ends_with("/Packages.gz"))
+            && !seen.iter().any(|p| p.ends_with("/Packages.xz")),
+        "{seen:?}"
+    );
+}
+
+/// A validly signed Release whose Origin is not Debian is refused, and nothing else is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_release_whose_origin_is_not_debian_is_refused() {
+    let (text, gz) = real_release_and_packages_gz().await;
+    assert!(
+        text.contains("Origin: Debian"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    let elsewhere = text.replacen("Origin: Debian", "Origin: Elsewhere", 1);
+    let (result, seen) = load_signed(&elsewhere, gz).await;
+    let err = result.expect_err("a Release from elsewhere was accepted");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, RepoError::Release(ReleaseError::NotDebian { .. })),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("Elsewhere") && msg.contains("expected `Debian`"),
+        "{msg}"
+    );
+    assert_eq!(seen.len(), 1, "fetched past the Release");
 }

@@ -1,11 +1,11 @@
 //! Real runs of `layers/entrypoint/rootfs/usr/local/bin/hakim-entrypoint` as PID 1 inside
 //! bubblewrap, against a fake Coder server on 127.0.0.1.
 //!
-//! The sandbox root is `HAKIM_TEST_ROOTFS` (default `/`, the host), mounted read-only, with
-//! writable copies/binds for /etc (a copy), /home, /var, /run, /tmp and /usr/local/bin (which
-//! holds the script under test). Point `HAKIM_TEST_ROOTFS` at an extracted hakim base image to
-//! run the same scenarios against the real image. Needs root, bwrap and shellcheck; a missing
-//! prerequisite fails the test loudly.
+//! The sandbox root is `HAKIM_TEST_ROOTFS` (default: the hakim-base image this test run built,
+//! umoci-unpacked), mounted read-only, with writable copies/binds for /etc (a copy), /home, /var,
+//! /run, /tmp and /usr/local/bin (which holds the script under test). Point `HAKIM_TEST_ROOTFS`
+//! at another rootfs to run the same scenarios there. Needs root, bwrap and shellcheck; a
+//! missing prerequisite fails the test loudly.
 
 use crate::support::fake_coder;
 

@@ -25,7 +25,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ENTRYPOINT: &str = "/usr/local/bin/hakim-entrypoint";
 const BOOT_WAIT: Duration = Duration::from_secs(120);
@@ -192,11 +192,9 @@ fn podman_runc_application_mode() {
     assert_default_agent(&report, &token, &server.access_url());
     assert_eq!(report["cwd"], "/home/coder");
 
-    // `podman stop` sends SIGTERM; the entrypoint forwards it and exits with the agent.
-    let t0 = Instant::now();
+    // `podman stop` sends SIGTERM; the entrypoint forwards it and exits with the agent. Had it
+    // ignored the signal, podman would SIGKILL it after 20 s: exit code 137, not 0 (below).
     run_ok(podman.cmd(60).args(["stop", "-t", "20", &name]));
-    let took = t0.elapsed();
-    assert!(took < Duration::from_secs(8), "podman stop took {took:?}");
     assert!(
         server
             .wait_report("term", Duration::from_secs(5), || {})
@@ -413,17 +411,15 @@ fn proxmox_style_oci_import_boots_through_the_entrypoint() {
     let active = ct.attach(30, &["systemctl", "is-active", "hakim-agent.service"]);
     assert_eq!(String::from_utf8_lossy(&active.stdout).trim(), "active");
     // `pct shutdown` is a clean lxc-stop: systemd shuts down and the agent gets SIGTERM.
-    let t0 = Instant::now();
-    run_ok(ct.cmd("lxc-stop", 60).args(["-t", "30"]));
-    let took = t0.elapsed();
+    // --nokill: lxc-stop fails instead of killing the container if the clean halt never ends.
+    run_ok(ct.cmd("lxc-stop", 60).args(["--nokill", "-t", "30"]));
     assert!(
         server
             .wait_report("term", Duration::from_secs(5), || {})
             .is_some(),
-        "the agent never got SIGTERM at shutdown (after {took:?}); log:\n{}",
+        "the agent never got SIGTERM at shutdown; log:\n{}",
         log()
     );
-    assert!(took < Duration::from_secs(15), "lxc-stop took {took:?}");
 }
 
 #[test]
@@ -461,17 +457,15 @@ fn oci_import_with_hakim_init_none_stops_cleanly_on_lxc_stop() {
         log()
     );
     // A clean `lxc-stop` (what `pct shutdown` runs) sends lxc.signal.halt, SIGPWR by default.
-    let t0 = Instant::now();
-    run_ok(ct.cmd("lxc-stop", 60).args(["-t", "30"]));
-    let took = t0.elapsed();
+    // --nokill: lxc-stop fails instead of killing the container if the clean halt never ends.
+    run_ok(ct.cmd("lxc-stop", 60).args(["--nokill", "-t", "30"]));
     assert!(
         server
             .wait_report("term", Duration::from_secs(5), || {})
             .is_some(),
-        "the agent never got SIGTERM from the clean stop (after {took:?}); log:\n{}",
+        "the agent never got SIGTERM from the clean stop; log:\n{}",
         log()
     );
-    assert!(took < Duration::from_secs(10), "lxc-stop took {took:?}");
     let text = fs::read_to_string(&console).unwrap_or_default();
     assert!(!text.contains(&token), "token on the console:\n{text}");
 }

@@ -6,6 +6,7 @@
 mod support;
 
 mod build;
+mod cli_paths;
 mod debian;
 mod debian_repo;
 mod entrypoint;
@@ -15,7 +16,9 @@ mod export;
 mod fuzz;
 mod hostile;
 mod interrupt;
+mod killed_write;
 mod layouts;
+mod parity;
 mod publish_ci;
 mod push;
 mod push_cli;

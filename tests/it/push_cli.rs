@@ -4,13 +4,53 @@ use std::fs;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use crate::support::proxy::{Logged, Proxy};
 use crate::support::registry::TestRegistry;
 use crate::support::*;
+
+/// Layer digests of `name:latest`'s manifests in the local layout.
+fn layer_digests(s: &Scratch, name: &str) -> std::collections::BTreeSet<String> {
+    let blob = |d: &str| -> serde_json::Value {
+        let path = s
+            .layout()
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"));
+        serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+    };
+    let raw = skopeo_inspect(&s.layout(), &format!("{name}:latest"), &["--raw"]);
+    let manifests: Vec<serde_json::Value> = match raw["manifests"].as_array() {
+        Some(list) => list
+            .iter()
+            .map(|m| blob(m["digest"].as_str().unwrap()))
+            .collect(),
+        None => vec![raw],
+    };
+    manifests
+        .iter()
+        .flat_map(|m| m["layers"].as_array().unwrap().clone())
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Completed uploads (final PUT of a session) of `digest`, counted at the proxy.
+fn uploads_of(log: &[Logged], digest: &str) -> usize {
+    log.iter()
+        .filter(|r| r.is_blob_upload() && r.query.contains(digest))
+        .count()
+}
 
 #[test]
 fn push_builds_pushes_all_variants_and_reports_digests() {
     let reg = TestRegistry::open();
+    // Everything reaches the registry through a logging proxy: the evidence is what it saw.
+    let proxy = Proxy::new(reg.addr);
     let s = Scratch::fixture("basic");
+    // Same compression as the base, so the app really shares the base's layer blobs.
+    s.write(
+        "variants/app.yaml",
+        &s.read("variants/app.yaml")
+            .replace("compression: zstd\n", ""),
+    );
     let summary = s.dir.path().join("summary.md");
     let out = run_ok(
         s.hakim()
@@ -18,7 +58,7 @@ fn push_builds_pushes_all_variants_and_reports_digests() {
                 "push",
                 "--json",
                 "--registry",
-                &format!("{}/team", reg.host()),
+                &format!("{}/team", proxy.host()),
                 "--tag",
                 "{date}",
                 "--tag",
@@ -65,26 +105,50 @@ fn push_builds_pushes_all_variants_and_reports_digests() {
                 .all(|x| x.as_str().unwrap().ends_with(digest))
         );
     }
+    // Shared layers are uploaded once (to the base) and mounted into the app, never re-sent.
+    let shared: Vec<String> = layer_digests(&s, "test-base")
+        .intersection(&layer_digests(&s, "test-app"))
+        .cloned()
+        .collect();
+    assert!(shared.len() >= 2, "the app shares no layers with the base");
+    let log = proxy.log();
+    for d in &shared {
+        assert_eq!(
+            uploads_of(&log, d),
+            1,
+            "{d} uploaded {} times",
+            uploads_of(&log, d)
+        );
+        let mounted = log.iter().any(|r| {
+            r.is_mount() && r.path.contains("/team/test-app/") && r.query.contains(d.as_str())
+        });
+        assert!(mounted, "{d} was not mounted into test-app: {log:#?}");
+    }
     let md = fs::read_to_string(&summary).unwrap();
     assert!(
         md.contains("test-base") && md.contains("test-app") && md.contains("sha256:"),
         "{md}"
     );
 
-    // Pushing again uploads nothing.
+    // Pushing again uploads nothing: no upload session is even opened.
+    proxy.clear();
     let again = json(&run_ok(
         s.hakim()
             .args([
                 "push",
                 "--json",
                 "--registry",
-                &format!("{}/team", reg.host()),
+                &format!("{}/team", proxy.host()),
             ])
             .env("SOURCE_DATE_EPOCH", "1764460800"),
     ));
-    for r in again.as_array().unwrap() {
-        assert_eq!(r["blobs_uploaded"], 0, "{r}");
-    }
+    assert_eq!(again.as_array().unwrap().len(), 2);
+    let log = proxy.log();
+    let writes: Vec<&Logged> = log
+        .iter()
+        .filter(|r| r.path.contains("/blobs/") && r.method != "HEAD" && r.method != "GET")
+        .collect();
+    assert!(writes.is_empty(), "blobs sent again: {writes:#?}");
 }
 
 #[test]

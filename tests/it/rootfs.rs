@@ -19,10 +19,20 @@ use hakim::rootfs::{
 };
 use hakim::spec::{Compression, ImageConfigSpec};
 
-/// A comparable description of a tree: path → (type/content, mode, uid, gid, mtime, xattrs).
+/// A comparable description of a tree: path → (type/content, mode, uid, gid, mtime, xattrs, and
+/// for a file with several names, the first of them: hardlinks must stay hardlinks).
 fn describe(root: &Path) -> BTreeMap<String, String> {
-    walk(root, "", Ownership::Keep)
-        .unwrap()
+    let entries = walk(root, "", Ownership::Keep).unwrap();
+    let mut first_name: BTreeMap<u64, String> = BTreeMap::new();
+    let mut links = BTreeMap::new();
+    for e in &entries {
+        let m = fs::symlink_metadata(root.join(&e.path)).unwrap();
+        if m.is_file() && m.nlink() > 1 {
+            let first = first_name.entry(m.ino()).or_insert_with(|| e.path.clone());
+            links.insert(e.path.clone(), first.clone());
+        }
+    }
+    entries
         .into_iter()
         .map(|e| {
             let what = match &e.kind {
@@ -47,8 +57,12 @@ fn describe(root: &Path) -> BTreeMap<String, String> {
             (
                 e.path.clone(),
                 format!(
-                    "{what} mode={:o} owner={}:{} mtime={mtime} xattrs={:?}",
-                    e.mode, e.uid, e.gid, e.xattrs
+                    "{what} mode={:o} owner={}:{} mtime={mtime} xattrs={:?} links={:?}",
+                    e.mode,
+                    e.uid,
+                    e.gid,
+                    e.xattrs,
+                    links.get(&e.path)
                 ),
             )
         })
@@ -75,6 +89,8 @@ fn mounted(lowers: &[PathBuf], base: &Path) -> (Overlay, PathBuf, PathBuf) {
 fn unpacked_layers_under_an_overlay_match_umoci() {
     require_root();
     let s = Scratch::fixture("basic");
+    let bin = s.project().join("layers/files/rootfs/usr/local/bin");
+    fs::hard_link(bin.join("hello"), bin.join("hello-again")).unwrap();
     build(&s, "base");
     let img = resolve_image(&s.layout(), "base", &["test-base:latest".into()], "amd64").unwrap();
     assert_eq!(img.layers.len(), 2);
@@ -112,6 +128,11 @@ fn unpacked_layers_under_an_overlay_match_umoci() {
         ours["home/coder/work"]
     );
     assert!(ours["tmp"].contains("mode=1777"), "{}", ours["tmp"]);
+    assert!(
+        ours["usr/local/bin/hello-again"].contains("links=Some(\"usr/local/bin/hello\")"),
+        "{}",
+        ours["usr/local/bin/hello-again"]
+    );
     assert!(
         ours["usr/bin/hi"].starts_with("Symlink(\"../local/bin/hello\")"),
         "{}",

@@ -7,8 +7,8 @@ use std::process::Command;
 
 use crate::support::*;
 
-/// Build every shipped variant once per test process; the download and layer caches are the
-/// user's default cache, so CI reuses them between runs.
+/// Build every shipped variant once per test process, every layer fresh by the code under test
+/// (a private cache sharing only downloads with the default cache: `support::run_cache`).
 fn build_all() -> &'static (tempfile::TempDir, serde_json::Value) {
     static BUILT: std::sync::OnceLock<(tempfile::TempDir, serde_json::Value)> =
         std::sync::OnceLock::new();
@@ -16,22 +16,16 @@ fn build_all() -> &'static (tempfile::TempDir, serde_json::Value) {
         require_root();
         require_bin("bwrap", "bubblewrap");
         let out = tempfile::tempdir().unwrap();
+        let _building = run_cache::lock();
         let report = json(&run_ok(
-            Command::new(env!("CARGO_BIN_EXE_hakim"))
-                .arg("--project")
-                .arg(repo_root())
-                .arg("--out")
-                .arg(out.path())
-                .args(["build", "--all", "--json"]),
+            run_cache::hakim(out.path()).args(["build", "--all", "--json"]),
         ));
         (out, report)
     })
 }
 
 fn hakim_out(out: &std::path::Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hakim"));
-    c.arg("--project").arg(repo_root()).arg("--out").arg(out);
-    c
+    run_cache::hakim(out)
 }
 
 #[test]
@@ -68,6 +62,23 @@ fn every_shipped_variant_builds_and_passes_its_tests() {
         n >= 20,
         "expected every variant's tests to run, saw {n}: {text}"
     );
+}
+
+#[test]
+fn shipped_layout_and_a_skopeo_copy_of_it_validate_against_the_oci_schemas() {
+    let (out, _) = build_all();
+    let layout = out.path().join("oci");
+    validate_layout(&layout);
+    // What a registry or another tool hands back must validate too: skopeo's own copy.
+    require_bin("skopeo", "skopeo");
+    let copy = tempfile::tempdir().unwrap();
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "--all",
+        &format!("oci:{}:hakim-python:latest", layout.display()),
+        &format!("oci:{}:hakim-python:latest", copy.path().display()),
+    ]));
+    validate_layout(copy.path());
 }
 
 #[test]
@@ -166,32 +177,123 @@ fn base_image_has_a_complete_dpkg_database_as_read_by_umoci() {
     assert!(root.join("etc/apt/sources.list.d/debian.sources").is_file());
 }
 
-#[test]
-fn package_layers_are_reproducible() {
-    require_root();
-    let a = Scratch::fixture("debian");
-    run_ok(a.hakim().args(["lock", "anchor"]));
-    let b = Scratch::fixture("debian");
-    fs::copy(
-        a.project().join("hakim.lock"),
-        b.project().join("hakim.lock"),
-    )
-    .unwrap();
-    let ja = json(&run_ok(a.hakim().args(["build", "anchor", "--json"])));
-    let jb = json(&run_ok(b.hakim().args(["build", "anchor", "--json"])));
-    assert_eq!(
-        ja["variants"][0]["digest"], jb["variants"][0]["digest"],
-        "two builds of the same lock differ"
-    );
-    assert_eq!(ja["variants"][0]["archs"][0]["layers"][0]["cached"], false);
-    assert_eq!(jb["variants"][0]["archs"][0]["layers"][0]["cached"], false);
+/// The `extra` fixture (packages, a locale, `run:` steps, plus accounts merged into the package
+/// layer, and `image_mirror:`) built twice from one lock with separate layer caches: once
+/// normally, once on a single core and `--offline` with an unreachable mirror (sharing only the
+/// first build's downloads).
+struct ExtraPair {
+    a: Scratch,
+    b: Scratch,
+}
+
+fn extra_pair() -> &'static ExtraPair {
+    static PAIR: std::sync::OnceLock<ExtraPair> = std::sync::OnceLock::new();
+    PAIR.get_or_init(|| {
+        require_root();
+        require_bin("bwrap", "bubblewrap");
+        require_bin("taskset", "util-linux");
+        let scratch = || {
+            let s = Scratch::fixture("debian");
+            // File capabilities and a hardlink made inside the sandbox: overlay upper -> layer.
+            let extra = s.read("layers/extra/layer.yaml").replace(
+                "packages: [file]",
+                "packages: [file, iputils-ping, libcap2-bin]",
+            ) + "  - name: capabilities and a hardlink\n    script: |\n      setcap cap_net_raw+ep /usr/bin/ping\n      ln /usr/bin/file /usr/local/bin/file-again\n";
+            s.write(
+                "layers/extra/layer.yaml",
+                &format!(
+                    "{extra}accounts:\n  groups:\n    - name: team\n      gid: 1500\n  users:\n    - name: dev\n      uid: 1500\n      groups: [team]\n      shell: /bin/bash\n"
+                ),
+            );
+            s.write(
+                "variants/anchor.yaml",
+                &s.read("variants/anchor.yaml").replace(
+                    "  components: [main]\n",
+                    "  components: [main]\n  image_mirror: http://apt.example.invalid/debian\n  image_security_mirror: http://apt.example.invalid/debian-security\n",
+                ),
+            );
+            s
+        };
+        let (a, b) = (scratch(), scratch());
+        run_ok(a.hakim().args(["lock", "extra"]));
+        fs::copy(a.project().join("hakim.lock"), b.project().join("hakim.lock")).unwrap();
+        run_ok(a.hakim().args(["build", "extra"]));
+        fs::create_dir_all(b.cache()).unwrap();
+        std::os::unix::fs::symlink(a.cache().join("blobs"), b.cache().join("blobs")).unwrap();
+        let mut pinned = Command::new("taskset");
+        pinned.args(["-c", "0"]).arg(env!("CARGO_BIN_EXE_hakim"));
+        pinned
+            .args(b.hakim().get_args())
+            .args(["build", "extra", "--offline"]);
+        pinned.env_remove("SOURCE_DATE_EPOCH");
+        pinned.env("HAKIM_DEBIAN_MIRROR", "http://127.0.0.1:9");
+        pinned.env("HAKIM_DEBIAN_SECURITY_MIRROR", "http://127.0.0.1:9");
+        run_ok(&mut pinned);
+        ExtraPair { a, b }
+    })
+}
+
+/// Every digest behind `reference` in a layout: the top descriptor (index or manifest), each
+/// manifest, its config and each layer.
+fn digests(layout: &std::path::Path, reference: &str) -> Vec<String> {
+    let blob = |d: &str| -> serde_json::Value {
+        let path = layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"));
+        serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let top = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == reference)
+        .unwrap_or_else(|| panic!("no {reference} in {index}"));
+    let mut out = Vec::new();
+    let mut todo = vec![top["digest"].as_str().unwrap().to_string()];
+    while let Some(d) = todo.pop() {
+        let doc = blob(&d);
+        out.push(d);
+        if let Some(list) = doc["manifests"].as_array() {
+            todo.extend(
+                list.iter()
+                    .map(|m| m["digest"].as_str().unwrap().to_string()),
+            );
+        } else {
+            out.push(doc["config"]["digest"].as_str().unwrap().to_string());
+            for l in doc["layers"].as_array().unwrap() {
+                out.push(l["digest"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    out
 }
 
 #[test]
-fn run_steps_and_locales_work_in_package_layers() {
-    require_root();
-    let s = Scratch::fixture("debian");
-    run_ok(s.hakim().args(["build", "extra"]));
+fn package_layers_are_reproducible_across_caches_and_core_counts() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        cores >= 2,
+        "this test compares a build on {cores} core(s) with one on a single core: it needs 2 or more"
+    );
+    let one = run_ok(Command::new("taskset").args(["-c", "0", "nproc"]));
+    assert_eq!(String::from_utf8_lossy(&one.stdout).trim(), "1");
+    let p = extra_pair();
+    let da = digests(&p.a.layout(), "test-extra:latest");
+    let db = digests(&p.b.layout(), "test-extra:latest");
+    assert!(
+        da.len() >= 4,
+        "manifest, config and at least two layers: {da:?}"
+    );
+    assert_eq!(da, db, "a single-core build in another cache differs");
+    // Package-layer layouts are valid against the OCI schemas too.
+    validate_layout(&p.a.layout());
+}
+
+#[test]
+fn run_steps_locales_and_accounts_work_in_package_layers() {
+    let s = &extra_pair().a;
     let root = umoci_unpack(
         &s.layout(),
         "test-extra:latest",
@@ -221,7 +323,40 @@ fn run_steps_and_locales_work_in_package_layers() {
     ]));
     assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "ii");
 
-    // A failing step names the layer and the step, and the layout is left alone.
+    let sources = fs::read_to_string(root.join("etc/apt/sources.list.d/debian.sources")).unwrap();
+    assert!(
+        sources.contains("URIs: http://apt.example.invalid/debian\n"),
+        "image_mirror is what the image's apt uses: {sources}"
+    );
+    require_bin("getcap", "libcap2-bin");
+    let caps = run_ok(Command::new("getcap").arg(root.join("usr/bin/ping")));
+    assert!(
+        String::from_utf8_lossy(&caps.stdout).contains("cap_net_raw"),
+        "file capability lost between the sandbox and the layer: {caps:?}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (
+        fs::metadata(root.join("usr/bin/file")).unwrap(),
+        fs::metadata(root.join("usr/local/bin/file-again")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "hardlink became a copy");
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
+    assert!(passwd.contains("dev:x:1500:1500:"), "{passwd}");
+    assert!(
+        passwd.contains("root:x:0:0:"),
+        "dpkg's accounts kept: {passwd}"
+    );
+
+    // A failing step names the layer and the step, and the layout is left alone. (A copy of the
+    // project sharing the pair's cache, so only the failing layer is built again.)
+    let s = {
+        let c = Scratch::fixture("debian");
+        fs::remove_dir_all(c.project()).unwrap();
+        copy_dir(&s.project(), &c.project());
+        copy_dir(&s.out(), &c.out());
+        std::os::unix::fs::symlink(s.cache(), c.cache()).unwrap();
+        c
+    };
     let before = fs::read(s.layout().join("index.json")).unwrap();
     s.write(
         "layers/extra/layer.yaml",

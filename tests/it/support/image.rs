@@ -1,7 +1,7 @@
 //! Running the real hakim-base image the way users do: built once per test process, then
 //! unpacked with umoci, run by podman (runc) or by LXC, reached through 127.0.0.1 only.
 
-use super::{repo_root, require_bin, require_root, run_ok, umoci_unpack};
+use super::{require_bin, require_root, run_ok, umoci_unpack};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -29,22 +29,17 @@ impl BuiltBase {
     }
 }
 
-/// Builds the real base image (root, the configured Debian mirror, the default cache).
+/// Builds the real base image (root, the configured Debian mirror), every layer fresh by the
+/// code under test in this process's private cache (`super::run_cache`, sharing only downloads).
 pub fn built_base() -> &'static BuiltBase {
     static BUILT: OnceLock<BuiltBase> = OnceLock::new();
     BUILT.get_or_init(|| {
         require_root();
         require_bin("bwrap", "bubblewrap");
         let out = tempfile::tempdir().unwrap();
+        let _building = super::run_cache::lock();
         let t0 = Instant::now();
-        run_ok(
-            Command::new(env!("CARGO_BIN_EXE_hakim"))
-                .arg("--project")
-                .arg(repo_root())
-                .arg("--out")
-                .arg(out.path())
-                .args(["build", "base"]),
-        );
+        run_ok(super::run_cache::hakim(out.path()).args(["build", "base"]));
         eprintln!("hakim build base: {:.1?}", t0.elapsed());
         BuiltBase { out }
     })

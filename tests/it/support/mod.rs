@@ -4,8 +4,10 @@ pub mod entrypoint_harness;
 pub mod fake_coder;
 pub mod image;
 pub mod layout;
+pub mod mirror_proxy;
 pub mod proxy;
 pub mod registry;
+pub mod run_cache;
 pub mod skopeo;
 
 use std::fs;

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -35,6 +35,8 @@ pub struct Logged {
     pub authorization: Option<String>,
     /// Status we answered, 0 if we dropped the connection.
     pub status: u16,
+    /// When the whole request had been read (so a wait the client chose shows as a gap).
+    pub received: Instant,
 }
 
 impl Logged {
@@ -280,6 +282,7 @@ fn handle(st: &State, mut conn: TcpStream) {
         body_len: req.body.len(),
         authorization: req.header("authorization").map(String::from),
         status: 0,
+        received: Instant::now(),
     };
     let fault = {
         let mut faults = st.faults.lock().unwrap();
