@@ -136,6 +136,7 @@ mod sandbox_on_image {
         connection_refused_is_logged_and_retried,
         system_mode_saves_env_file_and_execs_init,
         service_waits_for_env_file,
+        new_token_in_the_start_env_wins_over_the_saved_file,
         explain_reports_the_decision_without_secrets,
     );
 }

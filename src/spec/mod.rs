@@ -386,6 +386,8 @@ fn apply(
         merge_debian(&mut v.debian, d);
     }
     merge_config(&mut v.config, &f.config);
+    check_env(&v.config)
+        .map_err(|(field, m)| SpecError::invalid(SourcePos::file(path), &field, m))?;
     if let Some(tags) = &f.tags {
         let mut seen = BTreeSet::new();
         v.tags.clear();
@@ -440,7 +442,15 @@ fn merge_config(into: &mut ImageConfigSpec, c: &ImageConfigSpec) {
     macro_rules! take {
         ($($f:ident),*) => { $( if c.$f.is_some() { into.$f = c.$f.clone(); } )* };
     }
-    take!(entrypoint, cmd, workdir, user, stop_signal);
+    take!(
+        entrypoint,
+        cmd,
+        workdir,
+        user,
+        stop_signal,
+        env_file,
+        remote_user
+    );
     into.env.extend(c.env.clone());
     into.labels.extend(c.labels.clone());
     into.annotations.extend(c.annotations.clone());
@@ -449,6 +459,30 @@ fn merge_config(into: &mut ImageConfigSpec, c: &ImageConfigSpec) {
             into.volumes.push(vol.clone());
         }
     }
+}
+
+/// Check `config.env` and `config.env_file`: the env must survive a `KEY=VALUE` line file.
+fn check_env(c: &ImageConfigSpec) -> Result<(), (String, String)> {
+    if let Some(p) = &c.env_file {
+        check_image_path(p).map_err(|m| ("config.env_file".to_string(), m))?;
+    }
+    for (k, v) in &c.env {
+        let name_ok = k.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !name_ok {
+            return Err((
+                format!("config.env.{k}"),
+                "a variable name is letters, digits and `_`, not starting with a digit".into(),
+            ));
+        }
+        if v.contains(['\n', '\r', '\0']) {
+            return Err((
+                format!("config.env.{k}"),
+                "the value must not contain a newline or NUL".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Check an image name: lowercase OCI repository path component(s).

@@ -4,6 +4,7 @@
 pub mod image;
 pub mod layout;
 pub mod proxy;
+pub mod pve;
 pub mod registry;
 pub mod skopeo;
 
