@@ -1,7 +1,16 @@
-//! Command-line plumbing shared by the subcommands: paths and output.
+//! The command line: one file per command, each parsing its arguments, calling the library
+//! and rendering the result; this module holds what they share (paths, output, arch choice).
 
+pub mod build;
+pub mod exit;
+pub mod fetch;
+pub mod inspect;
+pub mod lock;
 pub mod progress;
-pub mod publish;
+pub mod push;
+pub mod run;
+pub mod test;
+pub mod validate;
 
 use std::path::PathBuf;
 
@@ -42,6 +51,36 @@ impl Paths {
     pub fn load(&self) -> Result<Project> {
         Ok(Project::load(&self.project)?)
     }
+
+    /// The OCI layout builds write to and other commands read from.
+    pub fn layout(&self) -> PathBuf {
+        self.out.join("oci")
+    }
+}
+
+/// The requested arch, else this machine's when the variant has it, else its first.
+pub fn pick_arch(v: &hakim::spec::Variant, arch: Option<String>) -> String {
+    arch.unwrap_or_else(|| {
+        let host = hakim::rootfs::image::host_arch();
+        if v.archs.iter().any(|a| a == host) {
+            host.to_string()
+        } else {
+            v.archs[0].clone()
+        }
+    })
+}
+
+/// The error and its causes, skipping causes whose text the message already carries.
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }
 
 /// `$XDG_CACHE_HOME/hakim`, else `~/.cache/hakim`.

@@ -1,13 +1,12 @@
 //! Root filesystems from layers: unpacking (against umoci), overlays, upper-dir diffs and the
 //! bubblewrap sandbox. Needs root, umoci, bwrap and busybox-static (fails loudly otherwise).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::support::{Scratch, require_bin, require_root, run_ok, umoci_unpack};
 use hakim::cache::Cas;
 use hakim::layer::entry::{Content, Entry, Kind};
 use hakim::layer::tarball::{LayerBlob, write_layer};
@@ -18,7 +17,6 @@ use hakim::rootfs::{
     Bind, Overlay, RootfsCache, RootfsError, Sandbox, resolve_image, unpack_layer, upper_to_entries,
 };
 use hakim::spec::{Compression, ImageConfigSpec};
-use support::{Scratch, require_bin, require_root, run_ok, umoci_unpack};
 
 /// A comparable description of a tree: path → (type/content, mode, uid, gid, mtime, xattrs).
 fn describe(root: &Path) -> BTreeMap<String, String> {

@@ -8,27 +8,19 @@
 //! Needs root, lxc, umoci, skopeo, docker-registry, podman and runc (scripts/test installs
 //! them) and the Debian mirror for `hakim build base`; a missing prerequisite fails loudly.
 
-mod support;
-
-#[path = "support/fake_coder.rs"]
-mod fake_coder;
-
-#[path = "support/entrypoint_harness.rs"]
-mod entrypoint_harness;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use entrypoint_harness::{LeakScanner, assert_default_agent, new_token};
-use fake_coder::{FakeCoder, Options, Report};
-use support::image::{BASE_REF, Lxc, Podman, built_base, unique, unpacked_base, url_port};
-use support::layout::{Layout, tar_layer};
-use support::pve;
-use support::registry::TestRegistry;
-use support::{repo_root, require_bin, run_ok, skopeo_inspect};
+use crate::support::entrypoint_harness::{LeakScanner, assert_default_agent, new_token};
+use crate::support::fake_coder::{FakeCoder, Options, Report};
+use crate::support::image::{BASE_REF, Lxc, Podman, built_base, unique, unpacked_base, url_port};
+use crate::support::layout::{Layout, tar_layer};
+use crate::support::pve;
+use crate::support::registry::TestRegistry;
+use crate::support::{repo_root, require_bin, run_ok, skopeo_inspect};
 
 const ENTRYPOINT: &str = "/usr/local/bin/hakim-entrypoint";
 const IMAGE_ENV: &str = "/usr/lib/hakim/image.env";

@@ -1,13 +1,11 @@
 //! Debian resolution, lock file and fetch, end to end against the configured real mirror.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::process::Command;
 
+use crate::support::*;
 use hakim::debian::sources::{self, MirrorConfig, MirrorEnv};
-use support::*;
 
 const ANCHOR: &str =
     "ca-certificates,curl,git,jq,sudo,locales,openssh-client,unzip,procps,less,bash-completion";

@@ -1,19 +1,17 @@
 //! `hakim push` library tests against a real docker-registry, read back with real skopeo.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::layout::{Desc, Layout, noise, tar_layer};
+use crate::support::proxy::{BearerMock, Fault, Logged, Proxy};
+use crate::support::registry::TestRegistry;
+use crate::support::skopeo;
 use hakim::digest::Sha256Digest;
 use hakim::publish::{
     CredentialContext, CredentialOrigin, Credentials, PublishError, Publisher, PushOptions,
     PushReport, RetryPolicy, push,
 };
-use support::layout::{Desc, Layout, noise, tar_layer};
-use support::proxy::{BearerMock, Fault, Logged, Proxy};
-use support::registry::TestRegistry;
-use support::skopeo;
 
 fn fast_retry() -> RetryPolicy {
     RetryPolicy {
@@ -151,7 +149,7 @@ async fn multi_arch_index_goes_children_first_then_tags() {
     .await
     .unwrap();
     assert_eq!(report.digest, idx.digest);
-    assert_eq!(report.media_type, support::layout::INDEX);
+    assert_eq!(report.media_type, crate::support::layout::INDEX);
     let pushed: Vec<Sha256Digest> = report.manifests.iter().map(|m| m.digest).collect();
     assert_eq!(pushed, vec![amd.digest, arm.digest, idx.digest]);
     assert_eq!(report.manifests[1].platform.as_deref(), Some("linux/arm64"));

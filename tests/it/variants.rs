@@ -1,13 +1,11 @@
 //! The shipped variants: built from the real mirror and tested inside the images (the headline
 //! integration test), read back by umoci, with shared layers and reproducible package layers.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 /// Build every shipped variant once per test process; the download and layer caches are the
 /// user's default cache, so CI reuses them between runs.

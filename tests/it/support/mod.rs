@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: running hakim, prerequisites, fixtures, servers.
-#![allow(dead_code)]
 
+pub mod entrypoint_harness;
+pub mod fake_coder;
 pub mod image;
 pub mod layout;
 pub mod proxy;
@@ -201,7 +202,7 @@ pub fn validate_layout(layout: &Path) {
     require_bin("python3", "python3");
     let out = run_ok(
         Command::new("/usr/bin/python3")
-            .arg(repo_root().join("tests/support/validate_oci.py"))
+            .arg(repo_root().join("tests/validate_oci.py"))
             .arg(repo_root().join("tests/oci-schemas"))
             .arg(layout),
     );

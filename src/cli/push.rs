@@ -5,25 +5,80 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use hakim::build::{BuildReport, GitInfo, tag_vars};
 use hakim::publish::{
     Credentials, Publisher, PushOptions, PushReport, expand_tag, release_tags, step_summary,
 };
 
-/// Arguments of `hakim push` after parsing.
+use super::{
+    Paths, build::build_variants, exit::Status, print_json, progress::size, source_date_epoch,
+};
+
+/// Arguments of `hakim push`.
+#[derive(Args)]
 pub struct PushArgs {
-    /// `<registry>/<namespace>`.
+    /// Variants to push (all when none is named).
+    pub variants: Vec<String>,
+    /// Registry and namespace, e.g. ghcr.io/owner or 127.0.0.1:5000/test.
+    #[arg(long)]
     pub registry: String,
-    /// Extra tag templates.
+    /// Extra tags (templates {git_sha}, {date}, {version} allowed); repeatable.
+    #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// `vX.Y.Z` for stable release tags.
+    /// Add stable release tags vX.Y.Z, vX.Y and latest (clean git tree only).
+    #[arg(long)]
     pub release: Option<String>,
-    /// Username for `--password-stdin`.
+    /// Registry user (with --password-stdin).
+    #[arg(long)]
     pub username: Option<String>,
-    /// Read the password from stdin.
+    /// Read the registry password or token from stdin.
+    #[arg(long)]
     pub password_stdin: bool,
-    /// Force plain HTTP.
+    /// Use plain HTTP even for a non-loopback registry.
+    #[arg(long)]
     pub plain_http: bool,
+    /// Print pushed references and digests as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Build what is missing, push, and print every pushed reference.
+pub async fn run(paths: &Paths, args: PushArgs) -> Result<Status> {
+    let built = build_variants(
+        paths,
+        &args.variants,
+        args.json,
+        false,
+        args.release.clone(),
+    )
+    .await?;
+    let reports = push(
+        &paths.project,
+        &built,
+        &args,
+        source_date_epoch()?,
+        args.release.as_deref(),
+    )
+    .await?;
+    if args.json {
+        print_json(&reports)?;
+        return Ok(Status::SUCCESS);
+    }
+    for r in &reports {
+        for reference in &r.references {
+            println!("{reference}");
+        }
+        eprintln!(
+            "{}: {} blobs uploaded ({}), {} mounted, {} already there",
+            r.repository,
+            r.blobs_uploaded,
+            size(r.bytes_uploaded),
+            r.blobs_mounted,
+            r.blobs_present
+        );
+    }
+    Ok(Status::SUCCESS)
 }
 
 fn git_clean(dir: &Path) -> Result<bool> {
@@ -43,7 +98,7 @@ fn git_clean(dir: &Path) -> Result<bool> {
 }
 
 /// Push every built variant of `built` to `args.registry`.
-pub async fn push(
+async fn push(
     project_root: &Path,
     built: &BuildReport,
     args: &PushArgs,

@@ -7,11 +7,9 @@
 //! run the same scenarios against the real image. Needs root, bwrap and shellcheck; a missing
 //! prerequisite fails the test loudly.
 
-#[path = "support/fake_coder.rs"]
-mod fake_coder;
+use crate::support::fake_coder;
 
-#[path = "support/entrypoint_harness.rs"]
-mod entrypoint_harness;
+use crate::support::entrypoint_harness;
 
 use entrypoint_harness::*;
 use fake_coder::{Failure, FakeCoder, Options};

@@ -1,13 +1,11 @@
 //! The Coder templates under deploy/coder/ have the structure the no-SSH design needs, checked
 //! by parsing them with python-hcl2 (pinned; scripts/test installs it into a private venv).
 
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::{copy_dir, repo_root};
+use crate::support::{copy_dir, repo_root};
 
 /// The pinned python-hcl2 version (the same as in scripts/test).
 const HCL2_VERSION: &str = "8.1.4";
@@ -44,7 +42,7 @@ fn hcl2_python() -> PathBuf {
 
 fn check(kind: &str, dir: &Path) -> Output {
     Command::new(hcl2_python())
-        .arg(repo_root().join("tests/support/check_templates.py"))
+        .arg(repo_root().join("tests/check_templates.py"))
         .arg(kind)
         .arg(dir)
         .output()

@@ -1,13 +1,9 @@
 //! The bubblewrap harness for the entrypoint script and the scenarios shared by
-//! `tests/entrypoint.rs` (script from the repository over `HAKIM_TEST_ROOTFS` or the host) and
-//! `tests/entrypoint_image.rs` (the script inside a built hakim-base rootfs).
+//! `tests/it/entrypoint.rs` (script from the repository over `HAKIM_TEST_ROOTFS` or the host) and
+//! `tests/it/entrypoint_image.rs` (the script inside a built hakim-base rootfs).
 //!
-//! Include it with `#[path = "support/entrypoint_harness.rs"] mod entrypoint_harness;` next to
-//! `#[path = "support/fake_coder.rs"] mod fake_coder;`.
 
-#![allow(dead_code)]
-
-use crate::fake_coder::{Failure, FakeCoder, Options, Report};
+use crate::support::fake_coder::{Failure, FakeCoder, Options, Report};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -4,8 +4,6 @@
 //! reports that agent POSTs to `<prefix>/report`. Faults: the first N binary downloads can
 //! answer 503 or a body that is not a working binary.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

@@ -1,12 +1,10 @@
 //! `hakim build` end to end on fixture projects, read back by skopeo and umoci.
 
-mod support;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 fn mode(p: &std::path::Path) -> u32 {
     fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777

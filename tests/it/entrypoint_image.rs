@@ -8,14 +8,15 @@
 //! Needs root, bwrap, umoci, skopeo, jq, podman, runc and lxc (scripts/test installs them) and
 //! the Debian mirror for `hakim build base`; a missing prerequisite fails loudly.
 
-mod support;
+use crate::support::fake_coder;
 
-#[path = "support/fake_coder.rs"]
-mod fake_coder;
+use crate::support::entrypoint_harness;
 
-#[path = "support/entrypoint_harness.rs"]
-mod entrypoint_harness;
-
+use crate::support::image::{
+    BASE_REF, IDMAP_BASE, Lxc, NetnsForward, Podman, built_base, ensure_subids, lxc_base_config,
+    unique, unpacked_base, url_port,
+};
+use crate::support::{require_bin, run_ok, skopeo_inspect};
 use entrypoint_harness::{
     LeakScanner, SCRIPT, Sandbox, assert_default_agent, new_token, scenarios, write_file,
 };
@@ -25,11 +26,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::image::{
-    BASE_REF, IDMAP_BASE, Lxc, NetnsForward, Podman, built_base, ensure_subids, lxc_base_config,
-    unique, unpacked_base, url_port,
-};
-use support::{require_bin, run_ok, skopeo_inspect};
 
 const ENTRYPOINT: &str = "/usr/local/bin/hakim-entrypoint";
 const BOOT_WAIT: Duration = Duration::from_secs(120);

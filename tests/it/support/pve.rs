@@ -38,8 +38,6 @@ pub struct Imported {
     pub env: Vec<(String, String)>,
     /// The image config's `Env`, when the key is present.
     pub image_env: Option<Vec<String>>,
-    /// The image config document.
-    pub config: serde_json::Value,
     /// The squashed root filesystem.
     pub rootfs: PathBuf,
 }
@@ -179,7 +177,6 @@ pub fn import(archive: &Path, create_env: &[(&str, &str)], work: &Path) -> Impor
         application,
         env,
         image_env,
-        config,
         rootfs,
     }
 }

@@ -20,8 +20,6 @@ pub const BASE_REF: &str = "hakim-base:latest";
 pub struct BuiltBase {
     /// Holds the layout and the unpacked bundle.
     pub out: tempfile::TempDir,
-    /// Seconds the build took.
-    pub build_secs: f64,
 }
 
 impl BuiltBase {
@@ -47,9 +45,8 @@ pub fn built_base() -> &'static BuiltBase {
                 .arg(out.path())
                 .args(["build", "base"]),
         );
-        let build_secs = t0.elapsed().as_secs_f64();
-        eprintln!("hakim build base: {build_secs:.1}s");
-        BuiltBase { out, build_secs }
+        eprintln!("hakim build base: {:.1?}", t0.elapsed());
+        BuiltBase { out }
     })
 }
 

@@ -1,11 +1,9 @@
 //! `hakim run` and `hakim test` against images built from a project with a static busybox.
 //! Needs root, bwrap and busybox-static (fails loudly otherwise).
 
-mod support;
-
 use std::path::Path;
 
-use support::{Scratch, json, require_bin, require_root, run_err, run_ok};
+use crate::support::{Scratch, json, require_bin, require_root, run_err, run_ok};
 
 const APPLETS: &[&str] = &[
     "sh", "id", "pwd", "echo", "cat", "ls", "touch", "stat", "sleep",

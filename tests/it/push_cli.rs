@@ -1,13 +1,11 @@
 //! `hakim push` as a user runs it: build if needed, push every variant, report digests.
 
-mod support;
-
 use std::fs;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use support::registry::TestRegistry;
-use support::*;
+use crate::support::registry::TestRegistry;
+use crate::support::*;
 
 #[test]
 fn push_builds_pushes_all_variants_and_reports_digests() {
@@ -43,7 +41,7 @@ fn push_builds_pushes_all_variants_and_reports_digests() {
             .collect();
         for t in ["latest", "1.0", "20251130", "extra"] {
             assert!(tags.contains(&t), "{repo}: {tags:?}");
-            let (_, remote) = support::skopeo::raw(&format!("{repo}:{t}"), None);
+            let (_, remote) = crate::support::skopeo::raw(&format!("{repo}:{t}"), None);
             assert_eq!(remote.oci(), digest, "{repo}:{t}");
         }
         // The pushed digest is what the local layout holds.
@@ -164,7 +162,7 @@ fn release_tags_need_a_clean_git_tree_and_credentials_never_leak() {
     assert!(out.status.success(), "{all}");
     assert!(!all.contains("s3cr3t-pa55"));
     for t in ["v1.2.3", "v1.2", "latest", "1.0"] {
-        let (_, d) = support::skopeo::raw(
+        let (_, d) = crate::support::skopeo::raw(
             &format!("{}/rel/test-base:{t}", reg.host()),
             Some("ci:s3cr3t-pa55"),
         );

@@ -1,0 +1,19 @@
+//! hakim's integration tests, as one test binary so the support code compiles once.
+//!
+//! Tests that need root, the Debian mirror or an external tool fail loudly when it is missing;
+//! `scripts/test` installs everything they use.
+
+mod support;
+
+mod build;
+mod debian;
+mod debian_repo;
+mod deploy;
+mod entrypoint;
+mod entrypoint_image;
+mod push;
+mod push_cli;
+mod pve;
+mod rootfs;
+mod run;
+mod variants;
