@@ -56,17 +56,22 @@ fn passed(out: &Output) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn proxmox_template_has_the_no_ssh_structure() {
-    let out = check("proxmox", &repo_root().join("deploy/coder/proxmox"));
+/// The checker passes on the shipped template and runs exactly `checks`.
+fn assert_passes(kind: &str, checks: &[&str]) {
+    let out = check(kind, &repo_root().join("deploy/coder").join(kind));
     assert!(
         out.status.success(),
-        "{}",
+        "{kind}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        passed(&out),
-        [
+    assert_eq!(passed(&out), checks, "{kind}");
+}
+
+#[test]
+fn proxmox_template_has_the_no_ssh_structure() {
+    assert_passes(
+        "proxmox",
+        &[
             "token",
             "persistent",
             "home",
@@ -74,30 +79,24 @@ fn proxmox_template_has_the_no_ssh_structure() {
             "lifecycle",
             "network",
             "agent-extras",
-            "no-remote-execution"
-        ]
+            "no-remote-execution",
+        ],
     );
 }
 
 #[test]
 fn docker_template_has_the_no_ssh_structure() {
-    let out = check("docker", &repo_root().join("deploy/coder/docker"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        passed(&out),
-        [
+    assert_passes(
+        "docker",
+        &[
             "token",
             "persistent",
             "entrypoint",
             "home",
             "host-gateway",
             "agent-extras",
-            "no-remote-execution"
-        ]
+            "no-remote-execution",
+        ],
     );
 }
 

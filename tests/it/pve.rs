@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::entrypoint_harness::{LeakScanner, assert_default_agent, new_token};
+use crate::support::entrypoint_harness::{agent_report, assert_default_agent, new_token};
 use crate::support::fake_coder::{FakeCoder, Options, Report};
 use crate::support::image::{BASE_REF, Lxc, Podman, built_base, unique, unpacked_base, url_port};
 use crate::support::layout::{Layout, tar_layer};
@@ -64,22 +64,6 @@ fn pulled_from_registry(dir: &Path) -> PathBuf {
             .arg(format!("oci-archive:{}", archive.display())),
     );
     archive
-}
-
-/// Waits for the agent's start report while scanning all command lines for the token.
-fn agent_report(server: &FakeCoder, token: &str, diag: impl Fn() -> String) -> Report {
-    let scanner = LeakScanner::start(token);
-    let report = server.wait_report("start", AGENT_WAIT, || {});
-    let leaks = scanner.finish();
-    let report = report.unwrap_or_else(|| {
-        panic!(
-            "the agent never reported; requests: {:?}\n{}",
-            server.paths(),
-            diag()
-        )
-    });
-    assert!(leaks.is_empty(), "token on a command line: {leaks:?}");
-    report
 }
 
 fn env_of(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -174,7 +158,7 @@ fn pve_registry_pull_boots_the_agent_first_time_and_a_new_token_wins_later() {
     let fwd = pve::start(&ct, port);
     let state = ct.wait_booted(BOOT_WAIT);
     assert!(state == "running" || state == "degraded", "{state}");
-    let first = agent_report(&server, &token, || ct.log());
+    let first = agent_report(&server, &token, "PVE first boot", || ct.log());
     assert_default_agent(&first, &token, &url);
     let env = image_env_file();
     assert_eq!(first["lang"], env["LANG"], "the agent lacks the image env");
@@ -232,7 +216,7 @@ fn pve_registry_pull_boots_the_agent_first_time_and_a_new_token_wins_later() {
 }
 
 #[test]
-fn podman_with_only_the_agent_env_reaches_coder_with_the_image_env() {
+fn podman_commands_see_the_image_env_and_runtime_values_win() {
     let built = built_base();
     let podman = Podman::new();
     let image = podman.pull(&built.layout(), BASE_REF);
@@ -264,26 +248,6 @@ fn podman_with_only_the_agent_env_reaches_coder_with_the_image_env() {
         "echo \"$LANG\"",
     ]));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "C.UTF-8");
-
-    let server = FakeCoder::start(Options::default());
-    let token = new_token();
-    let name = unique("hakim-pve-podman");
-    podman.track(&name);
-    run_ok(
-        podman
-            .cmd(120)
-            .args(["run", "-d", "--name", &name, "--network=host"])
-            .args(["-e", "CODER_AGENT_URL", "-e", "CODER_AGENT_TOKEN", &image])
-            .env("CODER_AGENT_URL", server.access_url())
-            .env("CODER_AGENT_TOKEN", &token),
-    );
-    let report = agent_report(&server, &token, || {
-        let out = podman.cmd(30).args(["logs", &name]).output().unwrap();
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    });
-    assert_default_agent(&report, &token, &server.access_url());
-    assert_eq!(report["lang"], env["LANG"]);
-    assert_eq!(report["path"], env["PATH"]);
 }
 
 #[test]

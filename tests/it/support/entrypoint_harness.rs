@@ -435,6 +435,31 @@ pub fn expect_agent(run: &Running, server: &FakeCoder, token: &str) -> Report {
     report
 }
 
+/// Waits for the agent's start report while scanning all command lines for the token.
+/// Allows 90 s: real images boot systemd first, on a shared machine.
+pub fn agent_report(
+    server: &FakeCoder,
+    token: &str,
+    what: &str,
+    diag: impl Fn() -> String,
+) -> Report {
+    let scanner = LeakScanner::start(token);
+    let report = server.wait_report("start", Duration::from_secs(90), || {});
+    let leaks = scanner.finish();
+    let report = report.unwrap_or_else(|| {
+        panic!(
+            "{what}: the agent never reported; requests: {:?}\n{}",
+            server.paths(),
+            diag()
+        )
+    });
+    assert!(
+        leaks.is_empty(),
+        "{what}: token on a command line: {leaks:?}"
+    );
+    report
+}
+
 /// What every agent start must look like for the default user.
 pub fn assert_default_agent(report: &Report, token: &str, url: &str) {
     let get = |k: &str| report.get(k).map(String::as_str).unwrap_or("<missing>");
