@@ -82,14 +82,20 @@ variable "image_tag" {
   default     = "latest"
 }
 
+variable "arch" {
+  description = "Architecture of the release asset (the node's: amd64 or arm64)"
+  type        = string
+  default     = "amd64"
+}
+
 variable "release_base_url" {
-  description = "Where release assets live: BASE/hakim-<variant>_<tag>.tar (+ .sha256)"
+  description = "Where release assets live: BASE/<tag>/hakim-<variant>_<tag>-<arch>.tar (+ .sha256)"
   type        = string
   default     = ""
 }
 
 variable "release_sha256" {
-  description = "sha256 of hakim-<variant>_<tag>.tar per variant (from the release's .sha256 files)"
+  description = "sha256 of hakim-<variant>_<tag>-<arch>.tar per variant (from the release's .sha256 files)"
   type        = map(string)
   default     = {}
 }
@@ -199,8 +205,9 @@ locals {
   variant    = data.coder_parameter.variant.value
   image_name = "hakim-${local.variant}"
   # Proxmox's own pull naming: the reference's last path segment with `:` made `_`, plus
-  # .tar. The release asset carries the same name, so both paths give the same volid.
+  # .tar. The release asset is named as a pull of the per-arch tag <tag>-<arch> would be.
   template_file = "${local.image_name}_${var.image_tag}.tar"
+  release_file  = "${local.image_name}_${var.image_tag}-${var.arch}.tar"
   template_file_id = (var.image_source == "registry"
     ? proxmox_oci_image.hakim[0].id
   : proxmox_virtual_environment_download_file.hakim[0].id)
@@ -231,15 +238,15 @@ resource "proxmox_virtual_environment_download_file" "hakim" {
   node_name          = var.node
   datastore_id       = var.template_datastore
   content_type       = "vztmpl"
-  url                = "${var.release_base_url}/${var.image_tag}/${local.template_file}"
-  file_name          = local.template_file
+  url                = "${var.release_base_url}/${var.image_tag}/${local.release_file}"
+  file_name          = local.release_file
   checksum           = lookup(var.release_sha256, local.variant, null)
   checksum_algorithm  = "sha256"
   overwrite_unmanaged = true
   lifecycle {
     precondition {
       condition     = var.release_base_url != "" && contains(keys(var.release_sha256), local.variant)
-      error_message = "image_source = \"release\" needs release_base_url and this variant's sha256 in release_sha256 (from hakim-<variant>_<tag>.tar.sha256)."
+      error_message = "image_source = \"release\" needs release_base_url and this variant's sha256 in release_sha256 (from hakim-<variant>_<tag>-<arch>.tar.sha256)."
     }
   }
 }
