@@ -131,12 +131,19 @@ fn pve_import_rules_let_any_image_env_key_replace_the_create_env() {
 fn pve_registry_pull_boots_the_agent_first_time_and_a_new_token_wins_later() {
     let ct = Lxc::new("hakim-pve");
     let archive = pulled_from_registry(ct.path.path());
+    first_boot_then_restart_with_a_new_token(&ct, &archive);
+}
+
+/// Imports `archive` as PVE does, with only the agent URL and token as create-time env, and
+/// boots it with a /home/coder mount point: the agent must come up on the first boot; after a
+/// stop, a new token and a start, the new token must win and the home must be intact.
+fn first_boot_then_restart_with_a_new_token(ct: &Lxc, archive: &Path) {
     let server = FakeCoder::start(Options::default());
     let url = server.access_url();
     let token = new_token();
     // Exactly what Terraform's environment_variables sends at create time.
     let imp = pve::import(
-        &archive,
+        archive,
         &[("CODER_AGENT_URL", &url), ("CODER_AGENT_TOKEN", &token)],
         &ct.dir(),
     );
@@ -153,9 +160,9 @@ fn pve_registry_pull_boots_the_agent_first_time_and_a_new_token_wins_later() {
     fs::create_dir_all(home.join("lost+found")).unwrap();
     fs::set_permissions(home.join("lost+found"), fs::Permissions::from_mode(0o700)).unwrap();
     let mounts: [(&Path, &str); 1] = [(&home, "/home/coder")];
-    pve::configure(&ct, &imp, &imp.env, &mounts);
+    pve::configure(ct, &imp, &imp.env, &mounts);
     let port = url_port(&url);
-    let fwd = pve::start(&ct, port);
+    let fwd = pve::start(ct, port);
     let state = ct.wait_booted(BOOT_WAIT);
     assert!(state == "running" || state == "degraded", "{state}");
     let first = agent_report(&server, &token, "PVE first boot", || ct.log());
@@ -171,8 +178,8 @@ fn pve_registry_pull_boots_the_agent_first_time_and_a_new_token_wins_later() {
     let token2 = new_token();
     assert_ne!(token, token2);
     let env2 = env_of(&[("CODER_AGENT_URL", &url), ("CODER_AGENT_TOKEN", &token2)]);
-    pve::configure(&ct, &imp, &env2, &mounts);
-    let _fwd = pve::start(&ct, port);
+    pve::configure(ct, &imp, &env2, &mounts);
+    let _fwd = pve::start(ct, port);
     // The first start's report stays on the server; wait for one from the second start.
     let deadline = std::time::Instant::now() + AGENT_WAIT;
     let second = loop {
