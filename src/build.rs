@@ -7,6 +7,7 @@ use std::process::Command;
 use serde::Serialize;
 
 use crate::debian::lock::{LOCK_FILE, LockError, LockFile, LockedLayer};
+use crate::debian::packages::{LockMode, PackagesError, Resolver};
 use crate::digest::Sha256Digest;
 use crate::fetch::{FetchError, FetchOptions, FetchProgress, Fetcher};
 use crate::layer::entry::Entry;
@@ -16,7 +17,6 @@ use crate::oci::{
     self, ImageLayer, Layout, LayoutError,
     model::{Descriptor, REF_NAME},
 };
-use crate::packages::{LockMode, PackagesError, Resolver};
 use crate::spec::{Project, Variant};
 
 /// Errors from a build.
@@ -74,6 +74,8 @@ pub struct BuildOptions {
     pub version: Option<String>,
     /// Make no network requests.
     pub offline: bool,
+    /// Retries, stall timeout and retry reporting of downloads.
+    pub net: crate::net::NetOptions,
 }
 
 /// Git facts recorded in annotations and tag templates.
@@ -277,6 +279,7 @@ pub async fn build(
         store.cas().clone(),
         FetchOptions {
             offline: opts.offline,
+            net: opts.net.clone(),
             ..FetchOptions::default()
         },
     )?;
@@ -453,7 +456,7 @@ async fn build_arch(
 ) -> Result<Vec<(LayerReport, LayerRecord)>, BuildError> {
     let (project, store, opts, progress) = (ctx.project, ctx.store, ctx.opts, ctx.progress);
     let bases = ctx.resolver.suite_bases(&v.debian, arch)?;
-    let apt_sources = crate::packages::image_apt_sources(&v.debian, &bases);
+    let apt_sources = crate::debian::packages::image_apt_sources(&v.debian, &bases);
     let planned = plan(
         project,
         v,

@@ -1,7 +1,6 @@
 //! Parallel, retrying, sha256-verified downloads into the content-addressed store.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
+use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,33 +11,25 @@ use tokio::sync::Semaphore;
 
 use crate::cache::{Cas, CasError};
 use crate::digest::Sha256Digest;
+use crate::net::{self, NetOptions, RetryError, Retryable, Verdict};
 
 /// How a [`Fetcher`] behaves.
 #[derive(Clone, Debug)]
 pub struct FetchOptions {
     /// Maximum number of downloads in flight at once.
     pub concurrency: usize,
-    /// Retries after the first attempt on transient failures.
-    pub retries: u32,
     /// Refuse every network request; only cache hits and local files succeed.
     pub offline: bool,
-    /// Time allowed to establish a connection.
-    pub connect_timeout: Duration,
-    /// Time allowed between two reads of a response.
-    pub read_timeout: Duration,
-    /// First retry delay; doubled per attempt, with jitter.
-    pub backoff: Duration,
+    /// Retries, stall timeout and retry reporting.
+    pub net: NetOptions,
 }
 
 impl Default for FetchOptions {
     fn default() -> Self {
         Self {
             concurrency: 8,
-            retries: 4,
             offline: false,
-            connect_timeout: Duration::from_secs(15),
-            read_timeout: Duration::from_secs(60),
-            backoff: Duration::from_millis(500),
+            net: NetOptions::default(),
         }
     }
 }
@@ -178,6 +169,7 @@ pub struct Fetcher {
 }
 
 /// Outcome of one failed attempt.
+#[derive(Debug)]
 enum Failure {
     /// Worth retrying, possibly after a server-given delay.
     Transient {
@@ -188,24 +180,59 @@ enum Failure {
     Fatal(FetchError),
 }
 
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Transient { reason, .. } => f.write_str(reason),
+            Self::Fatal(e) => e.fmt(f),
+        }
+    }
+}
+
+impl Retryable for Failure {
+    fn verdict(&self) -> Verdict {
+        match self {
+            Self::Transient { after, .. } => Verdict::Retry(*after),
+            Self::Fatal(_) => Verdict::Stop,
+        }
+    }
+}
+
+impl Failure {
+    /// The error a caller sees once retrying is over.
+    fn settle(e: RetryError<Self>, url: &str) -> FetchError {
+        let (attempts, last) = match e {
+            RetryError::Fatal(Self::Fatal(e))
+            | RetryError::Exhausted {
+                last: Self::Fatal(e),
+                ..
+            } => {
+                return e;
+            }
+            RetryError::Fatal(last) => (1, last),
+            RetryError::Exhausted { attempts, last } => (attempts, last),
+        };
+        FetchError::Network {
+            url: url.to_string(),
+            attempts,
+            reason: last.to_string(),
+        }
+    }
+}
+
 /// Where an item's bytes come from.
 enum Source<'a> {
     Http(&'a str),
     Local(PathBuf),
 }
 
-/// Longest delay between attempts, whatever the server asks.
-const MAX_DELAY: Duration = Duration::from_secs(60);
-
 impl Fetcher {
     /// A fetcher storing into `cas`.
     pub fn new(cas: Cas, opts: FetchOptions) -> Result<Self, FetchError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(opts.connect_timeout)
-            .read_timeout(opts.read_timeout)
-            .user_agent(concat!("hakim/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| FetchError::Client(e.to_string()))?;
+        let client = opts
+            .net
+            .client()
+            .map_err(|e| FetchError::Client(net::error_chain(&e)))?;
         let slots = Semaphore::new(opts.concurrency.max(1));
         Ok(Self {
             cas,
@@ -269,17 +296,8 @@ impl Fetcher {
                     .map_err(|source| FetchError::Local { path, source })
             }
             Source::Http(url) => {
-                self.ensure_online(url)?;
-                let _slot = self.slots.acquire().await.expect("semaphore never closed");
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let mut body = Vec::new();
-                    match self.download_once(url, &mut body, None, &NoProgress).await {
-                        Ok(()) => return Ok(body),
-                        Err(f) => self.pause_or_fail(url, attempt, f).await?,
-                    }
-                }
+                self.download(url, None, &NoProgress, || Ok(Vec::new()))
+                    .await
             }
         }
     }
@@ -298,23 +316,9 @@ impl Fetcher {
         match classify(&item.url)? {
             Source::Local(path) => self.copy_local(item, path).await?,
             Source::Http(url) => {
-                self.ensure_online(url)?;
-                let _slot = self.slots.acquire().await.expect("semaphore never closed");
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let mut w = self
-                        .cas
-                        .writer()
-                        .map_err(|source| self.cache_err(url, source))?;
-                    match self.download_once(url, &mut w, item.size, progress).await {
-                        Ok(()) => {
-                            commit_to(url, w, &item.sha256)?;
-                            break;
-                        }
-                        Err(f) => self.pause_or_fail(url, attempt, f).await?,
-                    }
-                }
+                let open = || self.cas.writer().map_err(|e| self.cache_err(url, e));
+                let w = self.download(url, item.size, progress, open).await?;
+                commit_to(url, w, &item.sha256)?;
             }
         }
         progress.item_done(&item.label, false);
@@ -377,6 +381,31 @@ impl Fetcher {
         }
     }
 
+    /// GET `url` into a fresh sink from `open` per attempt, retrying transient failures.
+    async fn download<W: Write>(
+        &self,
+        url: &str,
+        limit: Option<u64>,
+        progress: &dyn FetchProgress,
+        mut open: impl FnMut() -> Result<W, FetchError>,
+    ) -> Result<W, FetchError> {
+        self.ensure_online(url)?;
+        let _slot = self.slots.acquire().await.expect("semaphore never closed");
+        let what = format!("GET {url}");
+        self.opts
+            .net
+            .retry(&what, |_| {
+                let sink = open();
+                async move {
+                    let mut sink = sink.map_err(Failure::Fatal)?;
+                    self.download_once(url, &mut sink, limit, progress).await?;
+                    Ok(sink)
+                }
+            })
+            .await
+            .map_err(|e| Failure::settle(e, url))
+    }
+
     /// One GET streamed into `sink`; classifies every failure.
     async fn download_once(
         &self,
@@ -394,7 +423,7 @@ impl Fetcher {
                 })
             } else {
                 Failure::Transient {
-                    reason: error_chain(&e),
+                    reason: self.opts.net.describe(&e),
                     after: None,
                 }
             }
@@ -403,7 +432,7 @@ impl Fetcher {
         if !status.is_success() {
             let code = status.as_u16();
             if code == 408 || code == 429 || status.is_server_error() {
-                let after = retry_after(&resp);
+                let after = net::retry_after(resp.headers());
                 return Err(Failure::Transient {
                     reason: format!("HTTP {code}"),
                     after,
@@ -418,7 +447,7 @@ impl Fetcher {
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Failure::Transient {
-                reason: error_chain(&e),
+                reason: self.opts.net.describe(&e),
                 after: None,
             })?;
             let n = chunk.len() as u64;
@@ -440,31 +469,6 @@ impl Fetcher {
             })?;
             progress.advance(n);
         }
-        Ok(())
-    }
-
-    /// Sleep before the next attempt, or turn the failure into the final error.
-    async fn pause_or_fail(
-        &self,
-        url: &str,
-        attempt: u32,
-        failure: Failure,
-    ) -> Result<(), FetchError> {
-        let (reason, after) = match failure {
-            Failure::Fatal(e) => return Err(e),
-            Failure::Transient { reason, after } => (reason, after),
-        };
-        if attempt > self.opts.retries {
-            return Err(FetchError::Network {
-                url: url.to_string(),
-                attempts: attempt,
-                reason,
-            });
-        }
-        let delay = after
-            .unwrap_or_else(|| backoff(self.opts.backoff, attempt))
-            .min(MAX_DELAY);
-        tokio::time::sleep(delay).await;
         Ok(())
     }
 }
@@ -511,42 +515,12 @@ fn classify(url: &str) -> Result<Source<'_>, FetchError> {
     Ok(Source::Local(Path::new(url).to_path_buf()))
 }
 
-/// Exponential delay with up to 50% random jitter, so parallel clients do not retry in lockstep.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(10));
-    let jitter = RandomState::new().build_hasher().finish() % 1000;
-    exp + exp.mul_f64(jitter as f64 / 2000.0)
-}
-
-/// A `Retry-After` given in seconds (HTTP dates are rare from mirrors and fall back to backoff).
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let value = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// The error and its causes on one line (reqwest hides the useful part in `source()`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::Mutex;
     use std::sync::atomic::AtomicUsize;
-    use std::time::Instant;
 
     #[test]
     fn classifies_urls() {
@@ -568,20 +542,11 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn backoff_grows_and_stays_bounded() {
-        let base = Duration::from_millis(100);
-        let first = backoff(base, 1);
-        assert!(first >= base && first <= base.mul_f64(1.5));
-        let third = backoff(base, 3);
-        assert!(third >= base * 4 && third <= (base * 4).mul_f64(1.5));
-    }
-
     /// What the test server does with one request.
     enum Reply {
         Body(Vec<u8>),
         Status(u16, Option<u64>),
-        /// Announce more bytes than sent, then stall until the client's read timeout.
+        /// Announce more bytes than sent, send some, then hold the connection open silently.
         Stall(Vec<u8>),
     }
 
@@ -624,16 +589,10 @@ mod tests {
                             req.respond(r)
                         }
                         Reply::Stall(b) => {
-                            let close =
-                                tiny_http::Header::from_bytes("Connection", "close").unwrap();
                             let len = b.len() + 1000;
-                            let r = tiny_http::Response::new(
-                                200.into(),
-                                vec![close],
-                                &b[..],
-                                Some(len),
-                                None,
-                            );
+                            let body = Stalling(io::Cursor::new(b));
+                            let r =
+                                tiny_http::Response::new(200.into(), vec![], body, Some(len), None);
                             req.respond(r)
                         }
                     };
@@ -648,14 +607,44 @@ mod tests {
         }
     }
 
+    /// A body that sends its bytes, then goes silent for far longer (>= 10x) than any stall
+    /// timeout used here, so only the client's stall detection can end the request.
+    struct Stalling(io::Cursor<Vec<u8>>);
+    impl io::Read for Stalling {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(buf)?;
+            if n == 0 {
+                std::thread::sleep(Duration::from_secs(30));
+            }
+            Ok(n)
+        }
+    }
+
+    /// Every retry the fetcher reports, rendered.
+    #[derive(Default)]
+    struct Retries(Mutex<Vec<String>>);
+    impl net::RetryObserver for Retries {
+        fn retrying(&self, e: &net::RetryEvent<'_>) {
+            self.0.lock().unwrap().push(e.to_string());
+        }
+    }
+
     fn fetcher(dir: &Path, opts: FetchOptions) -> Fetcher {
         Fetcher::new(Cas::open(dir).unwrap(), opts).unwrap()
     }
 
     fn quick() -> FetchOptions {
         FetchOptions {
-            backoff: Duration::from_millis(10),
-            read_timeout: Duration::from_secs(3),
+            net: NetOptions {
+                retry: net::RetryPolicy {
+                    max_attempts: 5,
+                    base_delay: Duration::from_millis(10),
+                    max_delay: Duration::from_millis(50),
+                    max_retry_after: Duration::from_secs(60),
+                },
+                stall_timeout: Duration::from_secs(3),
+                retry_log: net::RetryLog::default(),
+            },
             ..FetchOptions::default()
         }
     }
@@ -676,8 +665,10 @@ mod tests {
         }
     }
 
+    /// Issue 13 item 12: each retry is reported with its reason and wait, and a body that
+    /// stops flowing is ended by the stall timeout (not a total-time limit).
     #[tokio::test]
-    async fn survives_503_429_and_stalled_bodies() {
+    async fn survives_503_429_and_stalled_bodies_and_reports_each_retry() {
         let content = b"hello from the mirror".repeat(100);
         let body = content.clone();
         let srv = serve(
@@ -690,23 +681,38 @@ mod tests {
             }),
         );
         let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(Retries::default());
         let f = fetcher(
             dir.path(),
             FetchOptions {
-                read_timeout: Duration::from_millis(500),
+                net: NetOptions {
+                    stall_timeout: Duration::from_millis(500),
+                    retry_log: net::RetryLog::to(seen.clone()),
+                    ..quick().net
+                },
                 ..quick()
             },
         );
-        let start = Instant::now();
-        let path = f
-            .fetch(item(format!("{}/a", srv.base), &content))
-            .await
-            .unwrap();
-        assert!(
-            start.elapsed() >= Duration::from_secs(1),
-            "Retry-After: 1 was not honoured"
-        );
+        let url = format!("{}/a", srv.base);
+        let path = f.fetch(item(url.clone(), &content)).await.unwrap();
         assert_eq!(std::fs::read(path).unwrap(), content);
+        let seen = seen.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "{seen:#?}");
+        assert!(
+            seen[0].starts_with(&format!(
+                "GET {url}: attempt 1/5 failed (HTTP 503); retrying in"
+            )),
+            "{seen:#?}"
+        );
+        // Retry-After: 1 is honoured as the wait.
+        assert_eq!(
+            seen[1],
+            format!("GET {url}: attempt 2/5 failed (HTTP 429); retrying in 1.0s")
+        );
+        assert!(
+            seen[2].contains("attempt 3/5 failed (stalled: no data for 0.5s (stall timeout"),
+            "{seen:#?}"
+        );
         assert_eq!(f.stats().requests, 4);
         assert_eq!(srv.hits.load(Ordering::SeqCst), 4);
     }
@@ -759,7 +765,13 @@ mod tests {
         let f = fetcher(
             dir.path(),
             FetchOptions {
-                retries: 2,
+                net: NetOptions {
+                    retry: net::RetryPolicy {
+                        max_attempts: 3,
+                        ..quick().net.retry
+                    },
+                    ..quick().net
+                },
                 ..quick()
             },
         );

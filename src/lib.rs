@@ -3,6 +3,8 @@
 //! The pipeline, one module per stage: [`spec`] (variant YAML) → [`debian`] (resolve/lock)
 //! → [`fetch`] (downloads into the [`cache`]) → [`layer`] (assemble and seal layers)
 //! → [`oci`] (image layouts) → [`publish`] (registries and exports); [`build`] drives it.
+//! [`net`] holds the retry policy and timeouts every HTTP client shares; [`rootfs`] mounts
+//! and sandboxes root filesystems for layer builds, `hakim run` and `hakim test`.
 
 pub mod build;
 pub mod cache;
@@ -10,8 +12,8 @@ pub mod debian;
 pub mod digest;
 pub mod fetch;
 pub mod layer;
+pub mod net;
 pub mod oci;
-pub mod packages;
 pub mod publish;
 pub mod rootfs;
 pub mod spec;

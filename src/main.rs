@@ -25,6 +25,11 @@ struct Cli {
     /// Output directory (default: <project>/out).
     #[arg(long, global = true)]
     out: Option<PathBuf>,
+    /// Seconds an HTTP request may receive nothing before it counts as stalled and is retried
+    /// (a download that keeps flowing may take as long as it needs).
+    #[arg(long, global = true, env = hakim::net::STALL_TIMEOUT_ENV, value_name = "SECONDS",
+          value_parser = hakim::net::parse_timeout, default_value = "60")]
+    http_timeout: std::time::Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,7 +72,8 @@ async fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<Status> {
-    let paths = Paths::resolve(cli.project, cli.cache_dir, cli.out)?;
+    let mut paths = Paths::resolve(cli.project, cli.cache_dir, cli.out)?;
+    paths.stall_timeout = cli.http_timeout;
     match cli.command {
         Command::Validate => cli::validate::run(&paths),
         Command::Build(args) => cli::build::run(&paths, args).await,

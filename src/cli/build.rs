@@ -56,15 +56,16 @@ pub async fn build_variants(
 ) -> Result<BuildReport> {
     let project = paths.load()?;
     let selected = project.select(variants)?;
+    let reporter = std::sync::Arc::new(Reporter::new(quiet));
     let opts = BuildOptions {
         cache_dir: paths.cache.clone(),
         layout_dir: paths.layout(),
         epoch: source_date_epoch()?,
         version,
         offline,
+        net: paths.net(reporter.clone()),
     };
-    let reporter = Reporter::new(quiet);
-    let report = build::build(&project, &selected, &opts, &reporter).await;
+    let report = build::build(&project, &selected, &opts, &*reporter).await;
     reporter.finish();
     Ok(report?)
 }

@@ -3,9 +3,9 @@
 use anyhow::Result;
 use clap::Args;
 use hakim::debian::lock::{LOCK_FILE, LockFile};
+use hakim::debian::packages::{LockMode, Resolver};
 use hakim::fetch::{FetchOptions, Fetcher};
 use hakim::layer::store::LayerStore;
-use hakim::packages::{LockMode, Resolver};
 
 use super::{
     Paths,
@@ -28,16 +28,17 @@ pub async fn run(paths: &Paths, args: FetchArgs) -> Result<Status> {
     let project = paths.load()?;
     let selected = project.select(&args.variants)?;
     let store = LayerStore::open(&paths.cache)?;
+    let reporter = std::sync::Arc::new(Reporter::new(false));
     let fetcher = Fetcher::new(
         store.cas().clone(),
         FetchOptions {
             offline: args.offline,
+            net: paths.net(reporter.clone()),
             ..FetchOptions::default()
         },
     )?;
     let mut resolver = Resolver::new(&fetcher);
     let mut lock = LockFile::read(&project.root.join(LOCK_FILE))?.unwrap_or_default();
-    let reporter = Reporter::new(false);
     let mode = if args.offline {
         LockMode::Offline
     } else {
@@ -52,7 +53,7 @@ pub async fn run(paths: &Paths, args: FetchArgs) -> Result<Status> {
             let bases = resolver.suite_bases(&v.debian, arch)?;
             for l in layers {
                 total += resolver
-                    .fetch_debs(&l.locked.packages, &bases, &reporter)
+                    .fetch_debs(&l.locked.packages, &bases, &*reporter)
                     .await?
                     .len();
             }

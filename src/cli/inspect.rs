@@ -6,9 +6,9 @@ use anyhow::Result;
 use clap::Args;
 use hakim::build::{self, PlannedLayer};
 use hakim::debian::lock::{LOCK_FILE, LockFile};
+use hakim::debian::packages::{self, LockMode, Resolver};
 use hakim::fetch::{FetchOptions, Fetcher};
 use hakim::layer::store::LayerStore;
-use hakim::packages::{self, LockMode, Resolver};
 use hakim::spec::Variant;
 
 use super::{Paths, exit::Status, print_json, progress::size, source_date_epoch};
@@ -40,6 +40,7 @@ pub async fn run(paths: &Paths, args: InspectArgs) -> Result<Status> {
         store.cas().clone(),
         FetchOptions {
             offline: !args.packages,
+            net: paths.net(std::sync::Arc::new(super::progress::RetryLines)),
             ..FetchOptions::default()
         },
     )?;

@@ -3,9 +3,9 @@
 use anyhow::Result;
 use clap::Args;
 use hakim::debian::lock::LOCK_FILE;
+use hakim::debian::packages;
 use hakim::fetch::{FetchOptions, Fetcher};
 use hakim::layer::store::LayerStore;
-use hakim::packages;
 
 use super::{Paths, exit::Status, print_json};
 
@@ -27,7 +27,11 @@ pub async fn run(paths: &Paths, args: LockArgs) -> Result<Status> {
     let project = paths.load()?;
     let selected = project.select(&args.variants)?;
     let store = LayerStore::open(&paths.cache)?;
-    let fetcher = Fetcher::new(store.cas().clone(), FetchOptions::default())?;
+    let options = FetchOptions {
+        net: paths.net(std::sync::Arc::new(super::progress::RetryLines)),
+        ..FetchOptions::default()
+    };
+    let fetcher = Fetcher::new(store.cas().clone(), options)?;
     let report = packages::lock_project(&project, &selected, &fetcher, args.update).await?;
     if args.json {
         print_json(&report)?;

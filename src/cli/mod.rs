@@ -13,11 +13,14 @@ pub mod test;
 pub mod validate;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use hakim::net::{NetOptions, RetryLog, RetryObserver};
 use hakim::spec::{Project, find_project};
 
-/// Paths every command needs.
+/// Paths and settings every command needs.
 pub struct Paths {
     /// Project root.
     pub project: PathBuf,
@@ -25,6 +28,8 @@ pub struct Paths {
     pub cache: PathBuf,
     /// Output directory.
     pub out: PathBuf,
+    /// `--http-timeout`: how long a request may receive nothing.
+    pub stall_timeout: Duration,
 }
 
 impl Paths {
@@ -44,12 +49,22 @@ impl Paths {
             project,
             cache,
             out,
+            stall_timeout: hakim::net::DEFAULT_STALL_TIMEOUT,
         })
     }
 
     /// Load and validate the project.
     pub fn load(&self) -> Result<Project> {
         Ok(Project::load(&self.project)?)
+    }
+
+    /// Network settings, with every retry reported to `observer`.
+    pub fn net(&self, observer: Arc<dyn RetryObserver>) -> NetOptions {
+        NetOptions {
+            stall_timeout: self.stall_timeout,
+            retry_log: RetryLog::to(observer),
+            ..NetOptions::default()
+        }
     }
 
     /// The OCI layout builds write to and other commands read from.

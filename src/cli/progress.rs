@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use hakim::build::{LayerReport, Progress};
 use hakim::fetch::FetchProgress;
+use hakim::net::{RetryEvent, RetryObserver};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Progress on stderr, chosen by whether stderr is a terminal.
@@ -148,5 +149,20 @@ impl FetchProgress for Reporter {
         if finished && self.bar.is_none() && !self.quiet {
             self.line(&msg);
         }
+    }
+}
+
+impl RetryObserver for Reporter {
+    fn retrying(&self, event: &RetryEvent<'_>) {
+        self.line(&format!("retry: {event}"));
+    }
+}
+
+/// Retries as plain stderr lines, for commands without a progress display.
+pub struct RetryLines;
+
+impl RetryObserver for RetryLines {
+    fn retrying(&self, event: &RetryEvent<'_>) {
+        eprintln!("retry: {event}");
     }
 }

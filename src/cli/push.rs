@@ -54,7 +54,7 @@ pub async fn run(paths: &Paths, args: PushArgs) -> Result<Status> {
     )
     .await?;
     let reports = push(
-        &paths.project,
+        paths,
         &built,
         &args,
         source_date_epoch()?,
@@ -99,14 +99,16 @@ fn git_clean(dir: &Path) -> Result<bool> {
 
 /// Push every built variant of `built` to `args.registry`.
 async fn push(
-    project_root: &Path,
+    paths: &Paths,
     built: &BuildReport,
     args: &PushArgs,
     epoch: u64,
     version: Option<&str>,
 ) -> Result<Vec<PushReport>> {
+    let project_root = paths.project.as_path();
     let mut opts = PushOptions::from_env();
     opts.plain_http = args.plain_http;
+    opts.net = paths.net(std::sync::Arc::new(super::progress::RetryLines));
     if args.password_stdin {
         let user = args
             .username

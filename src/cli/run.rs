@@ -36,7 +36,6 @@ pub fn run(paths: &Paths, args: RunArgs) -> Result<Status> {
     let arch = pick_arch(v, args.arch);
     let refs = image::variant_refs(&project.root, v, source_date_epoch()?, args.tag.as_deref());
     let img = rootfs::resolve_image(&paths.layout(), &v.key, &refs, &arch)?;
-    rootfs::require_bwrap()?;
     let mounted = MountedImage::mount(&img, &RootfsCache::new(&paths.cache))?;
     let mut sb = mounted.sandbox(args.user.as_deref())?;
     sb.network = args.network;
@@ -50,7 +49,7 @@ pub fn run(paths: &Paths, args: RunArgs) -> Result<Status> {
         "`{}` has no entrypoint or cmd: give a command after `--`",
         img.reference
     );
-    let code = rootfs::sandbox::run_foreground(sb.command(&argv))?;
+    let code = rootfs::sandbox::run_foreground(sb.command(&argv)?)?;
     // Unmount before exiting: process::exit would skip the drop.
     drop(mounted);
     Ok(Status::from_code(code))

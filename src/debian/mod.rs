@@ -1,8 +1,10 @@
-//! Debian repositories: verified access, package indexes, dependency resolution, lock files.
+//! The resolve stage: verified Debian repository access, package indexes, dependency resolution,
+//! lock files, and [`packages`], which turns a variant's package layers into locked, fetched .debs.
 
 pub mod control;
 pub mod index;
 pub mod lock;
+pub mod packages;
 pub mod relation;
 pub mod release;
 pub mod repo;

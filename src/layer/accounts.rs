@@ -1,6 +1,6 @@
 //! Merging declared users and groups into the account databases of the layers below.
 
-use crate::spec::AccountsSpec;
+use crate::spec::{AccountsSpec, UserSpec};
 
 /// The four account databases as text.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -79,45 +79,71 @@ pub fn merge(
     spec: &AccountsSpec,
     epoch: u64,
 ) -> Result<(AccountDb, Vec<Home>), AccountError> {
-    let mut passwd = Table::parse(&db.passwd, 7);
-    let mut group = Table::parse(&db.group, 4);
-    let mut shadow = Table::parse(&db.shadow, 9);
-    let mut gshadow = Table::parse(&db.gshadow, 4);
-    if passwd.find("root").is_none() {
-        passwd.rows.insert(
-            0,
-            "root:x:0:0:root:/root:/bin/sh"
-                .split(':')
-                .map(String::from)
-                .collect(),
-        );
-        shadow.rows.insert(
-            0,
-            "root:*::0:99999:7:::"
-                .split(':')
-                .map(String::from)
-                .collect(),
-        );
-    }
-    if group.find("root").is_none() {
-        group
-            .rows
-            .insert(0, "root:x:0:".split(':').map(String::from).collect());
-        gshadow
-            .rows
-            .insert(0, "root:*::".split(':').map(String::from).collect());
+    let mut t = Tables::parse(db);
+    t.ensure_root();
+    for g in &spec.groups {
+        t.ensure_group(&g.name, g.gid)?;
     }
     let lastchg = if epoch > 0 {
         (epoch / 86400).to_string()
     } else {
         String::new()
     };
+    let mut homes = Vec::new();
+    for u in &spec.users {
+        homes.push(t.add_user(u, &lastchg)?);
+    }
+    Ok((t.render(), homes))
+}
 
-    let ensure_group = |name: &str,
-                        gid: u32,
-                        group: &mut Table,
-                        gshadow: &mut Table|
-     -> Result<(), AccountError> {
+/// The four account files as tables.
+struct Tables {
+    passwd: Table,
+    group: Table,
+    shadow: Table,
+    gshadow: Table,
+}
+
+fn row(line: &str) -> Vec<String> {
+    line.split(':').map(String::from).collect()
+}
+
+impl Tables {
+    fn parse(db: &AccountDb) -> Self {
+        Self {
+            passwd: Table::parse(&db.passwd, 7),
+            group: Table::parse(&db.group, 4),
+            shadow: Table::parse(&db.shadow, 9),
+            gshadow: Table::parse(&db.gshadow, 4),
+        }
+    }
+
+    fn render(&self) -> AccountDb {
+        AccountDb {
+            passwd: self.passwd.render(),
+            group: self.group.render(),
+            shadow: self.shadow.render(),
+            gshadow: self.gshadow.render(),
+        }
+    }
+
+    /// An image without a root user or group gets Debian's.
+    fn ensure_root(&mut self) {
+        if self.passwd.find("root").is_none() {
+            self.passwd
+                .rows
+                .insert(0, row("root:x:0:0:root:/root:/bin/sh"));
+            self.shadow.rows.insert(0, row("root:*::0:99999:7:::"));
+        }
+        if self.group.find("root").is_none() {
+            self.group.rows.insert(0, row("root:x:0:"));
+            self.gshadow.rows.insert(0, row("root:*::"));
+        }
+    }
+
+    /// Add group `name` with `gid`, or accept it if it exists exactly so.
+    fn ensure_group(&mut self, name: &str, gid: u32) -> Result<(), AccountError> {
+        let group = &mut self.group;
         match (group.find(name), group.find_id(gid)) {
             (Some(i), _) if group.rows[i][2] == gid.to_string() => Ok(()),
             (Some(i), _) => Err(AccountError(format!(
@@ -135,42 +161,42 @@ pub fn merge(
                     gid.to_string(),
                     String::new(),
                 ]);
-                gshadow.upsert(vec![name.into(), "!".into(), String::new(), String::new()]);
+                self.gshadow
+                    .upsert(vec![name.into(), "!".into(), String::new(), String::new()]);
                 Ok(())
             }
         }
-    };
-
-    for g in &spec.groups {
-        ensure_group(&g.name, g.gid, &mut group, &mut gshadow)?;
     }
-    let mut homes = Vec::new();
-    for u in &spec.users {
-        let gid = u.gid.unwrap_or(u.uid);
-        if group.find_id(gid).is_none() {
-            ensure_group(&u.name, gid, &mut group, &mut gshadow)?;
-        }
+
+    /// Refuse a user whose name or uid is already taken by another.
+    fn check_user_ids(&self, u: &UserSpec) -> Result<(), AccountError> {
+        let passwd = &self.passwd;
         match (passwd.find(&u.name), passwd.find_id(u.uid)) {
-            (Some(i), _) if passwd.rows[i][2] != u.uid.to_string() => {
-                return Err(AccountError(format!(
-                    "user `{}` already exists with uid {}, not {}",
-                    u.name, passwd.rows[i][2], u.uid
-                )));
-            }
-            (None, Some(i)) => {
-                return Err(AccountError(format!(
-                    "uid {} for user `{}` is taken by `{}`",
-                    u.uid, u.name, passwd.rows[i][0]
-                )));
-            }
-            _ => {}
+            (Some(i), _) if passwd.rows[i][2] != u.uid.to_string() => Err(AccountError(format!(
+                "user `{}` already exists with uid {}, not {}",
+                u.name, passwd.rows[i][2], u.uid
+            ))),
+            (None, Some(i)) => Err(AccountError(format!(
+                "uid {} for user `{}` is taken by `{}`",
+                u.uid, u.name, passwd.rows[i][0]
+            ))),
+            _ => Ok(()),
         }
+    }
+
+    /// Add (or update) user `u` with its primary and supplementary groups; returns its home.
+    fn add_user(&mut self, u: &UserSpec, lastchg: &str) -> Result<Home, AccountError> {
+        let gid = u.gid.unwrap_or(u.uid);
+        if self.group.find_id(gid).is_none() {
+            self.ensure_group(&u.name, gid)?;
+        }
+        self.check_user_ids(u)?;
         let home = u
             .home
             .clone()
             .unwrap_or_else(|| format!("/home/{}", u.name));
         let shell = u.shell.clone().unwrap_or_else(|| "/bin/sh".into());
-        passwd.upsert(vec![
+        self.passwd.upsert(vec![
             u.name.clone(),
             "x".into(),
             u.uid.to_string(),
@@ -179,10 +205,10 @@ pub fn merge(
             home.clone(),
             shell,
         ]);
-        shadow.upsert(vec![
+        self.shadow.upsert(vec![
             u.name.clone(),
             "!".into(),
-            lastchg.clone(),
+            lastchg.into(),
             "0".into(),
             "99999".into(),
             "7".into(),
@@ -190,31 +216,30 @@ pub fn merge(
             String::new(),
             String::new(),
         ]);
+        self.add_to_groups(u)?;
+        Ok(Home {
+            path: home,
+            uid: u.uid,
+            gid,
+        })
+    }
+
+    /// Make `u` a member of each of its supplementary groups, which must exist.
+    fn add_to_groups(&mut self, u: &UserSpec) -> Result<(), AccountError> {
         for g in &u.groups {
-            let Some(i) = group.find(g) else {
+            let Some(i) = self.group.find(g) else {
                 return Err(AccountError(format!(
                     "user `{}`: supplementary group `{g}` does not exist",
                     u.name
                 )));
             };
-            add_member(&mut group.rows[i], 3, &u.name);
-            if let Some(j) = gshadow.find(g) {
-                add_member(&mut gshadow.rows[j], 3, &u.name);
+            add_member(&mut self.group.rows[i], 3, &u.name);
+            if let Some(j) = self.gshadow.find(g) {
+                add_member(&mut self.gshadow.rows[j], 3, &u.name);
             }
         }
-        homes.push(Home {
-            path: home,
-            uid: u.uid,
-            gid,
-        });
+        Ok(())
     }
-    let out = AccountDb {
-        passwd: passwd.render(),
-        group: group.render(),
-        shadow: shadow.render(),
-        gshadow: gshadow.render(),
-    };
-    Ok((out, homes))
 }
 
 #[cfg(test)]

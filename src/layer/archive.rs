@@ -26,31 +26,6 @@ pub enum ArchiveError {
     },
 }
 
-/// Guess the format from a URL or file name.
-pub fn guess_format(url: &str) -> Option<ArchiveFormat> {
-    let name = url
-        .rsplit('/')
-        .next()
-        .unwrap_or(url)
-        .split(['?', '#'])
-        .next()
-        .unwrap_or(url);
-    let pairs: &[(&str, ArchiveFormat)] = &[
-        (".tar.gz", ArchiveFormat::TarGz),
-        (".tgz", ArchiveFormat::TarGz),
-        (".tar.xz", ArchiveFormat::TarXz),
-        (".txz", ArchiveFormat::TarXz),
-        (".tar.zst", ArchiveFormat::TarZst),
-        (".tzst", ArchiveFormat::TarZst),
-        (".tar", ArchiveFormat::Tar),
-        (".zip", ArchiveFormat::Zip),
-    ];
-    pairs
-        .iter()
-        .find(|(ext, _)| name.ends_with(ext))
-        .map(|(_, f)| *f)
-}
-
 /// How to place an archive.
 pub struct Placement<'a> {
     /// Label for errors (URL).
@@ -458,10 +433,10 @@ mod tests {
     #[test]
     fn guesses_formats() {
         assert_eq!(
-            guess_format("https://x.example/a-1.2.tar.gz?x=1"),
+            ArchiveFormat::guess("https://x.example/a-1.2.tar.gz?x=1"),
             Some(ArchiveFormat::TarGz)
         );
-        assert_eq!(guess_format("a.zip"), Some(ArchiveFormat::Zip));
-        assert_eq!(guess_format("tool"), None);
+        assert_eq!(ArchiveFormat::guess("a.zip"), Some(ArchiveFormat::Zip));
+        assert_eq!(ArchiveFormat::guess("tool"), None);
     }
 }

@@ -8,13 +8,14 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::diff::upper_to_entries;
 use super::entry::{Content, Entry, Kind, LayerTree};
 use super::store::DirView;
 use super::{LayerError, PureInputs, assemble_pure};
 use crate::debian::control;
 use crate::debian::lock::LockedLayer;
 use crate::debian::relation::parse_dependencies;
-use crate::rootfs::{Overlay, RootfsError, Sandbox, require_bwrap, upper_to_entries};
+use crate::rootfs::{Backend, Overlay, RootfsError, Sandbox};
 use crate::spec::Layer;
 
 /// Errors while building a package or run layer.
@@ -114,8 +115,13 @@ impl Ctx<'_> {
 
     /// Run a command in the sandbox; on failure keep the tail of its output for the error.
     fn run(&self, what: &str, sandbox: &Sandbox, argv: &[String]) -> Result<(), InstallError> {
+        let rootfs_err = |source| InstallError::Rootfs {
+            layer: self.name.into(),
+            source,
+        };
         let out = sandbox
             .command(argv)
+            .map_err(rootfs_err)?
             .stdin(Stdio::null())
             .output()
             .map_err(|source| InstallError::Rootfs {
@@ -151,7 +157,7 @@ pub fn build(inp: &RootfsLayer<'_>) -> Result<BuiltRootfs, InstallError> {
         layer: name.into(),
         source,
     };
-    require_bwrap().map_err(rootfs_err)?;
+    Backend::Bwrap.require().map_err(rootfs_err)?;
     fs::create_dir_all(inp.scratch).map_err(|source| InstallError::Io {
         layer: name.into(),
         path: inp.scratch.into(),
@@ -317,6 +323,10 @@ fn install_packages(
     let out = ctx
         .sandbox(false, Vec::new())
         .command(&["dpkg".into(), "--audit".into()])
+        .map_err(|source| InstallError::Rootfs {
+            layer: ctx.name.into(),
+            source,
+        })?
         .output()
         .map_err(|source| InstallError::Rootfs {
             layer: ctx.name.into(),

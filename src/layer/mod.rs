@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod archive;
+pub mod diff;
 pub mod entry;
 pub mod install;
 pub mod store;
@@ -196,89 +197,124 @@ const ACCOUNT_FILES: [&str; 4] = ["etc/passwd", "etc/group", "etc/shadow", "etc/
 
 /// Build the entries of a layer made of files, directories, symlinks, archives and accounts.
 pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, LayerError> {
-    let name = &layer.name;
-    let invalid = |message: String| LayerError::Invalid {
-        layer: name.clone(),
-        file: layer.file.clone(),
-        message,
+    // Accounts first: owners named in this layer may be users it creates.
+    let lower_db = lower_accounts(layer, inp.lower)?;
+    let (db, homes) = match (&layer.spec.accounts, lower_db) {
+        (Some(spec), Some(lower_db)) => {
+            let (merged, homes) =
+                accounts::merge(&lower_db, spec, inp.epoch).map_err(|source| {
+                    LayerError::Accounts {
+                        layer: layer.name.clone(),
+                        source,
+                    }
+                })?;
+            (Some(merged), homes)
+        }
+        (_, lower_db) => (lower_db, Vec::new()),
+    };
+    let owners = Owners {
+        layer,
+        db: db.as_ref(),
     };
     let mut tree = LayerTree::new();
+    add_rootfs_dir(&mut tree, layer)?;
+    add_files(&mut tree, layer, &owners)?;
+    add_directories(&mut tree, layer, &owners)?;
+    add_symlinks(&mut tree, layer)?;
+    add_archives(&mut tree, layer, inp, &owners)?;
+    if let (Some(_), Some(db)) = (&layer.spec.accounts, &db) {
+        add_account_files(&mut tree, db, inp.lower);
+        add_homes(&mut tree, &homes, inp.lower).map_err(|source| LayerError::Store {
+            layer: layer.name.clone(),
+            source,
+        })?;
+    }
+    tree.adopt_lower_dirs(|p| inp.lower.meta(p));
+    Ok(tree)
+}
 
-    // Accounts first: owners named in this layer may be users it creates.
-    let mut db = None;
-    let needs_db = layer.spec.accounts.is_some()
-        || layer
-            .spec
-            .files
-            .iter()
-            .any(|f| f.value.owner.as_deref().is_some_and(has_names))
-        || layer
-            .spec
-            .directories
-            .iter()
-            .any(|d| d.value.owner.as_deref().is_some_and(has_names))
-        || layer
-            .spec
-            .archives
-            .iter()
-            .any(|a| a.value.owner.as_deref().is_some_and(has_names));
-    if needs_db {
-        let paths: Vec<String> = ACCOUNT_FILES.iter().map(|s| s.to_string()).collect();
-        let files = inp
-            .lower
-            .read_files(&paths)
-            .map_err(|source| LayerError::Store {
-                layer: name.clone(),
-                source,
-            })?;
-        let text = |p: &str| {
-            String::from_utf8_lossy(files.get(p).map(Vec::as_slice).unwrap_or_default())
-                .into_owned()
-        };
-        let lower_db = accounts::AccountDb {
-            passwd: text("etc/passwd"),
-            group: text("etc/group"),
-            shadow: text("etc/shadow"),
-            gshadow: text("etc/gshadow"),
-        };
-        db = Some(lower_db);
+/// A layer definition error of `layer`.
+fn invalid(layer: &Layer, message: String) -> LayerError {
+    LayerError::Invalid {
+        layer: layer.name.clone(),
+        file: layer.file.clone(),
+        message,
     }
-    let mut homes = Vec::new();
-    if let (Some(spec), Some(lower_db)) = (&layer.spec.accounts, &db) {
-        let (merged, h) =
-            accounts::merge(lower_db, spec, inp.epoch).map_err(|source| LayerError::Accounts {
-                layer: name.clone(),
-                source,
-            })?;
-        homes = h;
-        db = Some(merged);
+}
+
+/// The account files of the layers below, when this layer creates accounts or names owners.
+fn lower_accounts(
+    layer: &Layer,
+    lower: &dyn Lower,
+) -> Result<Option<accounts::AccountDb>, LayerError> {
+    let named = |o: &Option<String>| o.as_deref().is_some_and(has_names);
+    let spec = &layer.spec;
+    let needs_db = spec.accounts.is_some()
+        || spec.files.iter().any(|f| named(&f.value.owner))
+        || spec.directories.iter().any(|d| named(&d.value.owner))
+        || spec.archives.iter().any(|a| named(&a.value.owner));
+    if !needs_db {
+        return Ok(None);
     }
-    let owner = |o: Option<&str>| -> Result<(u32, u32), LayerError> {
-        match o {
-            None => Ok((0, 0)),
-            Some(o) => resolve_owner(o, db.as_ref()).map_err(invalid),
-        }
+    let paths: Vec<String> = ACCOUNT_FILES.iter().map(|s| s.to_string()).collect();
+    let files = lower
+        .read_files(&paths)
+        .map_err(|source| LayerError::Store {
+            layer: layer.name.clone(),
+            source,
+        })?;
+    let text = |p: &str| {
+        String::from_utf8_lossy(files.get(p).map(Vec::as_slice).unwrap_or_default()).into_owned()
     };
+    Ok(Some(accounts::AccountDb {
+        passwd: text("etc/passwd"),
+        group: text("etc/group"),
+        shadow: text("etc/shadow"),
+        gshadow: text("etc/gshadow"),
+    }))
+}
 
-    let rootfs = layer.dir.join("rootfs");
-    if rootfs.is_dir() {
-        let entries =
-            walk::walk(&rootfs, "", Ownership::Normalize).map_err(|source| LayerError::Local {
-                layer: name.clone(),
-                path: rootfs.clone(),
-                source,
-            })?;
-        entries.into_iter().for_each(|e| tree.insert(e));
+/// Resolves `owner:` fields against the accounts this layer sees.
+struct Owners<'a> {
+    layer: &'a Layer,
+    db: Option<&'a accounts::AccountDb>,
+}
+
+impl Owners<'_> {
+    fn ids(&self, owner: Option<&str>) -> Result<(u32, u32), LayerError> {
+        match owner {
+            None => Ok((0, 0)),
+            Some(o) => resolve_owner(o, self.db).map_err(|m| invalid(self.layer, m)),
+        }
     }
+}
+
+/// The layer's `rootfs/` directory, copied as it is (owners normalised to root).
+fn add_rootfs_dir(tree: &mut LayerTree, layer: &Layer) -> Result<(), LayerError> {
+    let rootfs = layer.dir.join("rootfs");
+    if !rootfs.is_dir() {
+        return Ok(());
+    }
+    let entries =
+        walk::walk(&rootfs, "", Ownership::Normalize).map_err(|source| LayerError::Local {
+            layer: layer.name.clone(),
+            path: rootfs.clone(),
+            source,
+        })?;
+    entries.into_iter().for_each(|e| tree.insert(e));
+    Ok(())
+}
+
+fn add_files(tree: &mut LayerTree, layer: &Layer, owners: &Owners<'_>) -> Result<(), LayerError> {
     for f in &layer.spec.files {
         let f = &f.value;
         let src = layer.dir.join(&f.src);
         let dest = rel_path(&f.dest)
-            .ok_or_else(|| invalid(format!("files: `{}` is the root directory", f.dest)))?;
-        let (uid, gid) = owner(f.owner.as_deref())?;
+            .ok_or_else(|| invalid(layer, format!("files: `{}` is the root directory", f.dest)))?;
+        let (uid, gid) = owners.ids(f.owner.as_deref())?;
         let entries =
             walk::walk(&src, &dest, Ownership::Normalize).map_err(|source| LayerError::Local {
-                layer: name.clone(),
+                layer: layer.name.clone(),
                 path: src.clone(),
                 source,
             })?;
@@ -291,30 +327,55 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
             tree.insert(e);
         }
     }
+    Ok(())
+}
+
+fn add_directories(
+    tree: &mut LayerTree,
+    layer: &Layer,
+    owners: &Owners<'_>,
+) -> Result<(), LayerError> {
     for d in &layer.spec.directories {
         let d = &d.value;
         let Some(path) = rel_path(&d.path) else {
             continue;
         };
-        let (uid, gid) = owner(d.owner.as_deref())?;
+        let (uid, gid) = owners.ids(d.owner.as_deref())?;
         let mut e = Entry::new(path, Kind::Dir, d.mode.map_or(0o755, |m| m.0));
         e.uid = uid;
         e.gid = gid;
         tree.insert(e);
     }
+    Ok(())
+}
+
+fn add_symlinks(tree: &mut LayerTree, layer: &Layer) -> Result<(), LayerError> {
     for s in &layer.spec.symlinks {
         let s = &s.value;
-        let path = rel_path(&s.path)
-            .ok_or_else(|| invalid(format!("symlinks: `{}` is the root directory", s.path)))?;
+        let path = rel_path(&s.path).ok_or_else(|| {
+            invalid(
+                layer,
+                format!("symlinks: `{}` is the root directory", s.path),
+            )
+        })?;
         tree.insert(Entry::new(path, Kind::Symlink(s.target.clone()), 0o777));
     }
+    Ok(())
+}
+
+fn add_archives(
+    tree: &mut LayerTree,
+    layer: &Layer,
+    inp: &PureInputs<'_>,
+    owners: &Owners<'_>,
+) -> Result<(), LayerError> {
     for (a, file) in layer.spec.archives.iter().zip(inp.archives) {
         let a = &a.value;
         let format = a
             .format
-            .or_else(|| archive::guess_format(&a.url))
+            .or_else(|| ArchiveFormat::guess(&a.url))
             .unwrap_or(ArchiveFormat::Binary);
-        let (uid, gid) = owner(a.owner.as_deref())?;
+        let (uid, gid) = owners.ids(a.owner.as_deref())?;
         let dest = rel_path(&a.dest).unwrap_or_default();
         let label = a.url.replace("{arch}", inp.arch);
         let placement = archive::Placement {
@@ -327,36 +388,33 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
         };
         let entries =
             archive::unpack(file, format, &placement).map_err(|source| LayerError::Archive {
-                layer: name.clone(),
+                layer: layer.name.clone(),
                 source,
             })?;
         entries.into_iter().for_each(|e| tree.insert(e));
     }
-    if let (Some(_), Some(db)) = (&layer.spec.accounts, &db) {
-        for (path, text, mode) in [
-            ("etc/passwd", &db.passwd, 0o644),
-            ("etc/group", &db.group, 0o644),
-            ("etc/shadow", &db.shadow, 0o640),
-            ("etc/gshadow", &db.gshadow, 0o640),
-        ] {
-            let mut e = Entry::new(
-                path,
-                Kind::File(Content::Bytes(text.clone().into_bytes())),
-                mode,
-            );
-            // Debian keeps the shadow files readable by group `shadow`.
-            if mode == 0o640 {
-                e.gid = inp.lower.meta(path).map_or(0, |m| m.g);
-            }
-            tree.insert(e);
+    Ok(())
+}
+
+/// The merged account files, written whole.
+fn add_account_files(tree: &mut LayerTree, db: &accounts::AccountDb, lower: &dyn Lower) {
+    for (path, text, mode) in [
+        ("etc/passwd", &db.passwd, 0o644),
+        ("etc/group", &db.group, 0o644),
+        ("etc/shadow", &db.shadow, 0o640),
+        ("etc/gshadow", &db.gshadow, 0o640),
+    ] {
+        let mut e = Entry::new(
+            path,
+            Kind::File(Content::Bytes(text.clone().into_bytes())),
+            mode,
+        );
+        // Debian keeps the shadow files readable by group `shadow`.
+        if mode == 0o640 {
+            e.gid = lower.meta(path).map_or(0, |m| m.g);
         }
-        add_homes(&mut tree, &homes, inp.lower).map_err(|source| LayerError::Store {
-            layer: name.clone(),
-            source,
-        })?;
+        tree.insert(e);
     }
-    tree.adopt_lower_dirs(|p| inp.lower.meta(p));
-    Ok(tree)
 }
 
 fn add_homes(

@@ -98,5 +98,15 @@ impl PublishError {
     }
 }
 
+impl crate::net::Retryable for PublishError {
+    fn verdict(&self) -> crate::net::Verdict {
+        if self.is_transient() {
+            crate::net::Verdict::Retry(self.retry_after())
+        } else {
+            crate::net::Verdict::Stop
+        }
+    }
+}
+
 /// Result alias for the publish stage.
 pub type Result<T, E = PublishError> = std::result::Result<T, E>;

@@ -14,16 +14,16 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 
 use crate::digest::Sha256Digest;
 
+pub use crate::net::{NetOptions, RetryLog, RetryPolicy};
 pub use auth::{CredentialContext, CredentialOrigin, Credentials, Secret, resolve_credentials};
 pub use error::{PublishError, Result};
-pub use registry::RetryPolicy;
 pub use tags::{TagError, TagVars, ci_tags, expand_tag, release_tags, step_summary, validate_tag};
 
 use layout::plan;
@@ -45,10 +45,8 @@ pub struct PushOptions {
     pub concurrency: usize,
     /// Upload chunk size; capped at [`MAX_CHUNK_SIZE`]. Blobs up to this size go in one PUT.
     pub chunk_size: usize,
-    /// Retries of transient failures.
-    pub retry: RetryPolicy,
-    /// Read timeout of one request.
-    pub request_timeout: Duration,
+    /// Retries, stall timeout and retry reporting.
+    pub net: NetOptions,
     /// Sibling repositories (`host/ns/name`) to try mounting blobs from when this process
     /// has not seen the blob yet, e.g. the base variant's repository in a CI matrix.
     pub mount_candidates: Vec<String>,
@@ -62,8 +60,7 @@ impl Default for PushOptions {
             credential_context: CredentialContext::default(),
             concurrency: 4,
             chunk_size: MAX_CHUNK_SIZE,
-            retry: RetryPolicy::default(),
-            request_timeout: Duration::from_secs(120),
+            net: NetOptions::default(),
             mount_candidates: Vec::new(),
         }
     }
@@ -221,9 +218,8 @@ impl Publisher {
             &target.host,
             plain,
             creds,
-            self.opts.retry.clone(),
+            &self.opts.net,
             self.opts.chunk_size.clamp(1, MAX_CHUNK_SIZE),
-            self.opts.request_timeout,
         )?);
         self.registries
             .lock()

@@ -8,56 +8,18 @@ use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use reqwest::header::{self, HeaderMap};
+use reqwest::header;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
+use std::time::Duration;
+
 use crate::digest::Sha256Digest;
+use crate::net::{self, NetOptions, RetryError, RetryEvent};
 
 use super::auth::{Challenge, Credentials, Secret, parse_challenge};
 use super::error::{PublishError, Result};
-
-/// How transient failures are retried.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    /// Total attempts per operation, the first included.
-    pub max_attempts: u32,
-    /// Delay before the first retry; doubled each time.
-    pub base_delay: Duration,
-    /// Upper bound of the exponential delay.
-    pub max_delay: Duration,
-    /// Upper bound on a registry's `Retry-After`.
-    pub max_retry_after: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 6,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(20),
-            max_retry_after: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RetryPolicy {
-    fn delay(&self, attempt: u32, err: &PublishError) -> Duration {
-        if let Some(ra) = err.retry_after() {
-            return ra.min(self.max_retry_after);
-        }
-        let exp = self.base_delay.saturating_mul(1 << (attempt - 1).min(16));
-        let capped = exp.min(self.max_delay);
-        // Up to 25% jitter so parallel CI jobs do not retry in lockstep.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        capped + capped.mul_f64(f64::from(nanos % 1000) / 4000.0)
-    }
-}
 
 /// Outcome of a blob push.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +73,8 @@ impl Req {
 /// One registry host, with its credentials and cached auth.
 pub(crate) struct Registry {
     http: reqwest::Client,
+    /// For requests with a body; see [`NetOptions::send_body`].
+    upload_http: reqwest::Client,
     host: String,
     base: String,
     creds: Option<Credentials>,
@@ -120,7 +84,7 @@ pub(crate) struct Registry {
     discovery: tokio::sync::Mutex<bool>,
     /// One token fetch at a time: parallel requests for the same scope share its result.
     token_fetch: tokio::sync::Mutex<()>,
-    retry: RetryPolicy,
+    net: NetOptions,
     chunk_size: usize,
 }
 
@@ -133,53 +97,45 @@ fn short_url(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_string()
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// The start of an error response's body, for the error message.
+async fn body_excerpt(resp: reqwest::Response, stall: Duration) -> String {
+    // Bounded: the upload client has no read timeout of its own.
+    let body = tokio::time::timeout(stall, resp.text()).await;
+    let body = body.ok().and_then(Result::ok).unwrap_or_default();
+    body.chars()
+        .take(300)
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 impl Registry {
-    /// A client for `host` spoken to over `scheme` (`http` or `https`).
+    /// A client for `host` spoken to over plain HTTP or HTTPS.
     pub fn new(
         host: &str,
         plain_http: bool,
         creds: Option<Credentials>,
-        retry: RetryPolicy,
+        opts: &NetOptions,
         chunk_size: usize,
-        timeout: Duration,
     ) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("hakim/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(15))
-            .read_timeout(timeout)
-            .build()
-            .map_err(|e| PublishError::Transport {
-                method: "init".into(),
-                url: host.into(),
-                detail: error_chain(&e),
-                transient: false,
-            })?;
+        let http = opts.client().and_then(|c| Ok((c, opts.upload_client()?)));
+        let (http, upload_http) = http.map_err(|e| PublishError::Transport {
+            method: "init".into(),
+            url: host.into(),
+            detail: net::error_chain(&e),
+            transient: false,
+        })?;
         let scheme = if plain_http { "http" } else { "https" };
         Ok(Self {
             http,
+            upload_http,
             host: host.to_string(),
             base: format!("{scheme}://{host}"),
             creds,
             auth: Mutex::new(AuthState::default()),
             discovery: tokio::sync::Mutex::new(false),
             token_fetch: tokio::sync::Mutex::new(()),
-            retry,
+            net: opts.clone(),
             chunk_size,
         })
     }
@@ -190,23 +146,16 @@ impl Registry {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let mut attempt = 1;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) if e.is_transient() && attempt < self.retry.max_attempts => {
-                    tokio::time::sleep(self.retry.delay(attempt, &e)).await;
-                    attempt += 1;
-                }
-                Err(e) if e.is_transient() && attempt > 1 => {
-                    return Err(PublishError::RetriesExhausted {
-                        operation: operation.to_string(),
-                        attempts: attempt,
-                        last: Box::new(e),
-                    });
-                }
-                Err(e) => return Err(e),
+        match self.net.retry(operation, |_| op()).await {
+            Ok(v) => Ok(v),
+            Err(RetryError::Exhausted { attempts, last }) if attempts > 1 => {
+                Err(PublishError::RetriesExhausted {
+                    operation: operation.to_string(),
+                    attempts,
+                    last: Box::new(last),
+                })
             }
+            Err(RetryError::Exhausted { last: e, .. } | RetryError::Fatal(e)) => Err(e),
         }
     }
 
@@ -294,7 +243,7 @@ impl Registry {
         let resp = rb.send().await.map_err(|e| PublishError::Transport {
             method: "GET".into(),
             url: short_url(realm),
-            detail: error_chain(&e.without_url()),
+            detail: self.net.describe(&e.without_url()),
             transient: true,
         })?;
         let status = resp.status();
@@ -308,14 +257,13 @@ impl Registry {
                 ),
             ));
         }
-        let retry_after = parse_retry_after(resp.headers());
+        let retry_after = net::retry_after(resp.headers());
         if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
             return Err(PublishError::Status {
                 method: "GET".into(),
                 url: short_url(realm),
                 status: status.as_u16(),
-                detail: body.chars().take(300).collect(),
+                detail: body_excerpt(resp, self.net.stall_timeout).await,
                 retry_after,
             });
         }
@@ -324,7 +272,7 @@ impl Registry {
             url: short_url(realm),
             detail: format!(
                 "unreadable token response: {}",
-                error_chain(&e.without_url())
+                net::error_chain(&e.without_url())
             ),
             transient: true,
         })?;
@@ -339,7 +287,12 @@ impl Registry {
     }
 
     async fn send_once(&self, req: &Req, auth: Option<&str>) -> Result<reqwest::Response> {
-        let mut rb = self.http.request(req.method.clone(), &req.url);
+        let client = if req.body.is_some() {
+            &self.upload_http
+        } else {
+            &self.http
+        };
+        let mut rb = client.request(req.method.clone(), &req.url);
         if let Some(a) = auth {
             rb = rb.header(header::AUTHORIZATION, a);
         }
@@ -349,8 +302,25 @@ impl Registry {
         for (k, v) in &req.extra {
             rb = rb.header(k, v);
         }
+        let transport = |transient: bool, detail: String| PublishError::Transport {
+            method: req.method.to_string(),
+            url: short_url(&req.url),
+            transient,
+            detail,
+        };
+        let http =
+            |e: reqwest::Error| transport(!e.is_builder(), self.net.describe(&e.without_url()));
         match &req.body {
-            Some(b) => rb = rb.header(header::CONTENT_LENGTH, b.len()).body(b.clone()),
+            Some(b) => {
+                let rb = rb.header(header::CONTENT_LENGTH, b.len());
+                return match self.net.send_body(rb, b.clone()).await {
+                    Ok(resp) => Ok(resp),
+                    Err(net::SendError::Http(e)) => Err(http(e)),
+                    Err(e @ net::SendError::UploadStalled(_)) => {
+                        Err(transport(true, e.to_string()))
+                    }
+                };
+            }
             None if req.method == Method::PUT
                 || req.method == Method::POST
                 || req.method == Method::PATCH =>
@@ -359,12 +329,7 @@ impl Registry {
             }
             None => {}
         }
-        rb.send().await.map_err(|e| PublishError::Transport {
-            method: req.method.to_string(),
-            url: short_url(&req.url),
-            transient: !e.is_builder(),
-            detail: error_chain(&e.without_url()),
-        })
+        rb.send().await.map_err(http)
     }
 
     /// Send once, doing the auth dance on 401; 401 after authenticating and 403 fail fast.
@@ -442,39 +407,32 @@ impl Registry {
             resp
         };
         if resp.status() == StatusCode::FORBIDDEN {
-            let body = resp.text().await.unwrap_or_default();
             return Err(PublishError::Denied {
                 registry: self.host.clone(),
                 repository: repo.to_string(),
-                detail: body
-                    .chars()
-                    .take(300)
-                    .collect::<String>()
-                    .trim()
-                    .to_string(),
+                detail: body_excerpt(resp, self.net.stall_timeout).await,
             });
         }
         Ok(resp)
     }
 
     /// Fail with a Status error unless the response has one of `ok` statuses.
-    async fn expect(req: &Req, resp: reqwest::Response, ok: &[u16]) -> Result<reqwest::Response> {
+    async fn expect(
+        &self,
+        req: &Req,
+        resp: reqwest::Response,
+        ok: &[u16],
+    ) -> Result<reqwest::Response> {
         if ok.contains(&resp.status().as_u16()) {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
-        let retry_after = parse_retry_after(resp.headers());
-        let body = resp.text().await.unwrap_or_default();
+        let retry_after = net::retry_after(resp.headers());
         Err(PublishError::Status {
             method: req.method.to_string(),
             url: short_url(&req.url),
             status,
-            detail: body
-                .chars()
-                .take(300)
-                .collect::<String>()
-                .trim()
-                .to_string(),
+            detail: body_excerpt(resp, self.net.stall_timeout).await,
             retry_after,
         })
     }
@@ -509,7 +467,7 @@ impl Registry {
         match resp.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
-            _ => Self::expect(&req, resp, &[]).await.map(|_| false),
+            _ => self.expect(&req, resp, &[]).await.map(|_| false),
         }
     }
 
@@ -531,7 +489,7 @@ impl Registry {
                 let scopes = vec![push_scope(repo), format!("repository:{from}:pull")];
                 let req = Req::new(Method::POST, url, scopes);
                 let resp = self.send(repo, &req).await?;
-                let resp = Self::expect(&req, resp, &[201, 202]).await?;
+                let resp = self.expect(&req, resp, &[201, 202]).await?;
                 if resp.status().as_u16() == 201 {
                     return Ok(BlobOutcome::Mounted);
                 }
@@ -542,7 +500,7 @@ impl Registry {
                 let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
                 let req = Req::new(Method::POST, url, vec![push_scope(repo)]);
                 let resp = self.send(repo, &req).await?;
-                let resp = Self::expect(&req, resp, &[202]).await?;
+                let resp = self.expect(&req, resp, &[202]).await?;
                 self.location(&req, &resp)?
             }
         };
@@ -592,7 +550,7 @@ impl Registry {
                 ));
                 req.body = Some(chunk);
                 let sent = match self.send(repo, &req).await {
-                    Ok(resp) => Self::expect(&req, resp, &[202]).await,
+                    Ok(resp) => self.expect(&req, resp, &[202]).await,
                     Err(e) => Err(e),
                 };
                 match sent {
@@ -601,9 +559,17 @@ impl Registry {
                         offset += len as u64;
                     }
                     // Resume where the registry says it is instead of resending the whole blob.
-                    Err(e) if e.is_transient() && resumes + 1 < self.retry.max_attempts => {
+                    Err(e) if e.is_transient() && resumes + 1 < self.net.retry.max_attempts => {
                         resumes += 1;
-                        tokio::time::sleep(self.retry.delay(resumes, &e)).await;
+                        let wait = self.net.retry.delay(resumes, e.retry_after());
+                        self.net.retry_log.report(&RetryEvent {
+                            what: &format!("PATCH chunk of {digest} at byte {offset}"),
+                            attempt: resumes,
+                            max_attempts: self.net.retry.max_attempts,
+                            reason: e.to_string(),
+                            wait,
+                        });
+                        tokio::time::sleep(wait).await;
                         match self.upload_status(repo, &location).await {
                             Ok((loc, next)) if next <= size => (location, offset) = (loc, next),
                             // Unknown state: the caller's retry restarts this blob.
@@ -619,7 +585,7 @@ impl Registry {
         req.content_type = Some("application/octet-stream".into());
         req.body = final_body;
         let resp = self.send(repo, &req).await?;
-        let resp = Self::expect(&req, resp, &[201]).await?;
+        let resp = self.expect(&req, resp, &[201]).await?;
         Self::check_digest(&req, &resp, digest)
     }
 
@@ -627,7 +593,7 @@ impl Registry {
     async fn upload_status(&self, repo: &str, location: &str) -> Result<(String, u64)> {
         let req = Req::new(Method::GET, location.to_string(), vec![push_scope(repo)]);
         let resp = self.send(repo, &req).await?;
-        let resp = Self::expect(&req, resp, &[204]).await?;
+        let resp = self.expect(&req, resp, &[204]).await?;
         let next = match resp
             .headers()
             .get(header::RANGE)
@@ -681,7 +647,99 @@ impl Registry {
         req.content_type = Some(media_type.to_string());
         req.body = Some(bytes.to_vec());
         let resp = self.send(repo, &req).await?;
-        let resp = Self::expect(&req, resp, &[200, 201]).await?;
+        let resp = self.expect(&req, resp, &[200, 201]).await?;
         Self::check_digest(&req, &resp, digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::time::Duration;
+
+    /// Issue 13 item 12, upload side: a registry that stops reading a request body mid-way is
+    /// detected by the stall timeout, which a read timeout alone never fires for.
+    #[tokio::test]
+    async fn a_registry_that_stops_reading_the_body_is_a_stall() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(sock);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let mut some = [0u8; 1024];
+            std::io::Read::read_exact(&mut r, &mut some).unwrap();
+            // Silent for 60x the stall timeout, holding the connection open.
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        let net = NetOptions {
+            stall_timeout: Duration::from_millis(500),
+            ..NetOptions::default()
+        };
+        let reg = Registry::new(&host, true, None, &net, 4 << 20).unwrap();
+        // Far more than the socket buffers of both ends hold.
+        let body = vec![7u8; 64 << 20];
+        let digest = Sha256Digest::of(&body);
+        let err = reg
+            .put_manifest("ns/x", "latest", "application/octet-stream", &body, &digest)
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_transient(), "{msg}");
+        assert!(
+            matches!(&err, PublishError::Transport { method, .. } if method == "PUT"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("stalled: the server took no body bytes and sent no answer for 0.5s"),
+            "{msg}"
+        );
+    }
+
+    /// The other half: an upload that keeps flowing for longer than the stall timeout completes;
+    /// only silence counts, not total time. The server reads 64 KiB per 10 ms; the client sees
+    /// that progress in bursts as the socket buffers drain, ~0.2 s apart, 10x under the timeout.
+    #[tokio::test]
+    async fn a_slow_but_flowing_upload_is_not_a_stall() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let body = vec![7u8; 32 << 20];
+        let digest = Sha256Digest::of(&body);
+        let len = body.len();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let mut r = BufReader::new(sock.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let mut piece = vec![0u8; 64 << 10];
+            let mut got = 0;
+            while got < len {
+                let n = std::io::Read::read(&mut r, &mut piece).unwrap();
+                assert!(n > 0, "client hung up after {got} bytes");
+                got += n;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let answer = format!(
+                "HTTP/1.1 201 Created\r\nDocker-Content-Digest: {}\r\nContent-Length: 0\r\n\r\n",
+                digest.oci()
+            );
+            std::io::Write::write_all(&mut &sock, answer.as_bytes()).unwrap();
+            got
+        });
+        let net = NetOptions {
+            stall_timeout: Duration::from_secs(2),
+            ..NetOptions::default()
+        };
+        let reg = Registry::new(&host, true, None, &net, 4 << 20).unwrap();
+        reg.put_manifest("ns/x", "latest", "application/octet-stream", &body, &digest)
+            .await
+            .unwrap();
+        assert_eq!(server.join().unwrap(), len);
     }
 }

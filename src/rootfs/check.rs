@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::RootfsError;
 use super::image::{MountedImage, ResolvedImage};
 use super::sandbox::exit_code;
 use super::unpack::RootfsCache;
-use super::{RootfsError, sandbox};
 use crate::spec::TestSpec;
 
 /// How much of a test's stdout/stderr a report keeps (the end of it).
@@ -65,7 +65,7 @@ pub fn test_variant(
     cache: &RootfsCache,
     timeout: Duration,
 ) -> Result<VariantTests, RootfsError> {
-    sandbox::require_bwrap()?;
+    super::Backend::Container.require()?;
     let mut out = Vec::new();
     for t in tests {
         // A fresh upper per test, so one test's writes cannot change another's result.
@@ -119,7 +119,7 @@ pub fn run_test(
         }
         Err(e) => return Err(e),
     };
-    let mut cmd = sb.command(&["/bin/sh".into(), "-c".into(), test.run.clone()]);
+    let mut cmd = sb.command(&["/bin/sh".into(), "-c".into(), test.run.clone()])?;
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -157,8 +157,8 @@ pub fn run_test(
             break Some(s);
         }
         if started.elapsed() > timeout {
-            // bwrap's --die-with-parent takes the sandboxed processes with it.
-            // The whole process group: a test that switched user no longer dies with its parent.
+            // The whole process group: unshare --kill-child only reaches the sandbox's init, and a
+            // test that switched user no longer dies with its parent.
             // SAFETY: kill(2) on the group this child leads.
             unsafe {
                 libc::kill(-(child.id() as i32), libc::SIGKILL);

@@ -225,8 +225,8 @@ impl MountedImage {
         }
         overlay::match_root(&upper, &lowers)?;
         let overlay = Overlay::mount(&lowers, &upper, &work, &root)?;
-        // bwrap creates missing mount points as the sandbox user, which fails for non-root
-        // users; make them now (in the throwaway upper) as container runtimes do.
+        // Mount points get the modes a container runtime gives them (the sandbox would create
+        // missing ones with its own umask); they land in the throwaway upper.
         for (d, mode) in [("proc", 0o555), ("dev", 0o755), ("tmp", 0o1777)] {
             let p = root.join(d);
             if fs::symlink_metadata(&p).is_err() {
@@ -285,7 +285,7 @@ impl MountedImage {
         sb.groups = ids.groups;
         sb.cwd = rc.working_dir.clone().filter(|w| !w.is_empty());
         sb.tmpfs_tmp = true;
-        sb.container = true;
+        sb.backend = super::Backend::Container;
         Ok(sb)
     }
 }

@@ -1,11 +1,11 @@
 //! Real root filesystems from layers: unpack into overlay upper-dir form, mount overlays,
-//! turn an overlay upper dir back into layer entries, and run commands in a bubblewrap sandbox.
+//! turn an overlay upper dir back into layer entries, and run commands in a sandbox (bubblewrap for
+//! layer builds, unshare + chroot for running images).
 //!
 //! Unpacking (ownership, device nodes) and mounting need root; every entry point that does
 //! either checks for it and fails with [`RootfsError::NotRoot`].
 
 pub mod check;
-pub mod diff;
 pub mod image;
 pub mod overlay;
 pub mod sandbox;
@@ -14,10 +14,9 @@ pub mod unpack;
 use std::io;
 use std::path::PathBuf;
 
-pub use diff::upper_to_entries;
 pub use image::{MountedImage, ResolvedImage, resolve_image};
 pub use overlay::Overlay;
-pub use sandbox::{Bind, Sandbox, require_bwrap};
+pub use sandbox::{Backend, Bind, Sandbox, SandboxError};
 pub use unpack::{RootfsCache, unpack_layer};
 
 /// Errors from building, mounting and running root filesystems.
@@ -70,6 +69,9 @@ pub enum RootfsError {
     /// Starting a sandboxed command failed.
     #[error("running {what}: {source}")]
     Spawn { what: String, source: io::Error },
+    /// A sandbox option the backend cannot honour.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 /// Shorthand for an I/O error on a path.

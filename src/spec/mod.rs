@@ -568,6 +568,16 @@ pub fn check_owner(o: &str) -> Result<(), String> {
 }
 
 fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecError> {
+    validate_files(dir, file, spec)?;
+    validate_directories(file, spec)?;
+    validate_symlinks(file, spec)?;
+    validate_archives(file, spec)?;
+    validate_accounts(file, spec)?;
+    validate_packages(file, spec)
+}
+
+/// Files: `src` inside the layer dir, `dest` an image path, owners well-formed.
+fn validate_files(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecError> {
     let at = |loc| SourcePos::at(file, loc);
     for (i, f) in spec.files.iter().enumerate() {
         let field = format!("files[{i}]");
@@ -594,6 +604,12 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
                 .map_err(|m| SpecError::invalid(at(f.referenced), &format!("{field}.owner"), m))?;
         }
     }
+    Ok(())
+}
+
+/// Directories: image paths and owners.
+fn validate_directories(file: &Path, spec: &LayerFile) -> Result<(), SpecError> {
+    let at = |loc| SourcePos::at(file, loc);
     for (i, d) in spec.directories.iter().enumerate() {
         let pos = at(d.referenced);
         check_image_path(&d.value.path)
@@ -603,6 +619,12 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
                 .map_err(|m| SpecError::invalid(pos, &format!("directories[{i}].owner"), m))?;
         }
     }
+    Ok(())
+}
+
+/// Symlinks: image paths and non-empty targets.
+fn validate_symlinks(file: &Path, spec: &LayerFile) -> Result<(), SpecError> {
+    let at = |loc| SourcePos::at(file, loc);
     for (i, s) in spec.symlinks.iter().enumerate() {
         check_image_path(&s.value.path)
             .map_err(|m| SpecError::invalid(at(s.referenced), &format!("symlinks[{i}].path"), m))?;
@@ -614,6 +636,12 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
             ));
         }
     }
+    Ok(())
+}
+
+/// Archives: destinations, pinned digests, a known format, local URLs inside the layer, owners.
+fn validate_archives(file: &Path, spec: &LayerFile) -> Result<(), SpecError> {
+    let at = |loc| SourcePos::at(file, loc);
     for (i, a) in spec.archives.iter().enumerate() {
         let field = format!("archives[{i}]");
         let pos = at(a.referenced);
@@ -635,7 +663,7 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
                 SpecError::invalid(pos.clone(), &format!("{field}.sha256"), e.to_string())
             })?;
         }
-        if a.value.format.is_none() && crate::layer::archive::guess_format(&a.value.url).is_none() {
+        if a.value.format.is_none() && ArchiveFormat::guess(&a.value.url).is_none() {
             return Err(SpecError::invalid(
                 pos,
                 &format!("{field}.format"),
@@ -665,6 +693,11 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
                 .map_err(|m| SpecError::invalid(at(a.referenced), &format!("{field}.owner"), m))?;
         }
     }
+    Ok(())
+}
+
+/// Accounts: valid, unique names and absolute homes.
+fn validate_accounts(file: &Path, spec: &LayerFile) -> Result<(), SpecError> {
     if let Some(acc) = &spec.accounts {
         let mut names = BTreeSet::new();
         for g in &acc.groups {
@@ -691,6 +724,12 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
             }
         }
     }
+    Ok(())
+}
+
+/// Packages: Debian package names.
+fn validate_packages(file: &Path, spec: &LayerFile) -> Result<(), SpecError> {
+    let at = |loc| SourcePos::at(file, loc);
     for p in &spec.packages {
         let ok = !p.value.is_empty()
             && p.value

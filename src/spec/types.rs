@@ -250,6 +250,33 @@ pub enum ArchiveFormat {
     Binary,
 }
 
+impl ArchiveFormat {
+    /// Guess the format from a URL or file name.
+    pub fn guess(url: &str) -> Option<Self> {
+        let name = url
+            .rsplit('/')
+            .next()
+            .unwrap_or(url)
+            .split(['?', '#'])
+            .next()
+            .unwrap_or(url);
+        let pairs: &[(&str, Self)] = &[
+            (".tar.gz", Self::TarGz),
+            (".tgz", Self::TarGz),
+            (".tar.xz", Self::TarXz),
+            (".txz", Self::TarXz),
+            (".tar.zst", Self::TarZst),
+            (".tzst", Self::TarZst),
+            (".tar", Self::Tar),
+            (".zip", Self::Zip),
+        ];
+        pairs
+            .iter()
+            .find(|(ext, _)| name.ends_with(ext))
+            .map(|(_, f)| *f)
+    }
+}
+
 /// Octal file mode written as a string (`"0755"`) or an integer already in octal digits (`755`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Mode(pub u32);

@@ -8,9 +8,10 @@ use crate::support::proxy::{BearerMock, Fault, Logged, Proxy};
 use crate::support::registry::TestRegistry;
 use crate::support::skopeo;
 use hakim::digest::Sha256Digest;
+use hakim::net::{RetryEvent, RetryObserver};
 use hakim::publish::{
-    CredentialContext, CredentialOrigin, Credentials, PublishError, Publisher, PushOptions,
-    PushReport, RetryPolicy, push,
+    CredentialContext, CredentialOrigin, Credentials, NetOptions, PublishError, Publisher,
+    PushOptions, PushReport, RetryLog, RetryPolicy, push,
 };
 
 fn fast_retry() -> RetryPolicy {
@@ -24,7 +25,10 @@ fn fast_retry() -> RetryPolicy {
 
 fn opts() -> PushOptions {
     PushOptions {
-        retry: fast_retry(),
+        net: NetOptions {
+            retry: fast_retry(),
+            ..NetOptions::default()
+        },
         ..PushOptions::default()
     }
 }
@@ -290,11 +294,23 @@ async fn dedupe_repush_shared_layers_and_changed_top_layer() {
     assert_remote_digest(&format!("{direct}/ns/other:latest"), &var2_m.digest);
 }
 
+/// Every retry the client reports, rendered.
+#[derive(Default)]
+struct Retries(std::sync::Mutex<Vec<String>>);
+impl RetryObserver for Retries {
+    fn retrying(&self, e: &RetryEvent<'_>) {
+        self.0.lock().unwrap().push(e.to_string());
+    }
+}
+
+/// Also issue 13 item 12: a silent registry is cut off by the stall timeout, and every retry is
+/// reported with its reason and wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_faults_are_retried() {
     let reg = TestRegistry::open();
     let faults = vec![
-        Fault::Stall(Duration::from_millis(1500)),
+        // Silent for 10x the stall timeout: only stall detection ends it in time.
+        Fault::Stall(Duration::from_secs(5)),
         Fault::Drop,
         Fault::Unavailable,
         Fault::TooMany,
@@ -305,16 +321,19 @@ async fn transient_faults_are_retried() {
     let proxy = Proxy::with_faults(reg.addr, faults);
     let tmp = tempfile::tempdir().unwrap();
     let (l, m) = single_arch(&tmp.path().join("l"), b"top");
+    let seen = std::sync::Arc::new(Retries::default());
     let o = PushOptions {
-        request_timeout: Duration::from_millis(500),
         concurrency: 1,
-        retry: RetryPolicy {
-            max_attempts: 8,
-            ..fast_retry()
+        net: NetOptions {
+            stall_timeout: Duration::from_millis(500),
+            retry: RetryPolicy {
+                max_attempts: 8,
+                ..fast_retry()
+            },
+            retry_log: RetryLog::to(seen.clone()),
         },
         ..opts()
     };
-    let started = Instant::now();
     let report = push(
         &l.dir,
         "hakim-x:latest",
@@ -324,17 +343,35 @@ async fn transient_faults_are_retried() {
     )
     .await
     .unwrap();
+    // The proxy logs the stalled request only when its 5 s silence ends, after the client
+    // has moved on: wait for that entry (bounded) rather than racing it.
+    let unanswered = || proxy.log().iter().filter(|r| r.status == 0).count();
+    for _ in 0..300 {
+        if unanswered() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let log = proxy.log();
     assert_eq!(log.iter().filter(|r| r.status == 429).count(), 2);
     assert_eq!(log.iter().filter(|r| r.status == 503).count(), 2);
-    // Two dropped connections and one read timeout.
-    assert_eq!(log.iter().filter(|r| r.status == 0).count(), 3);
-    // Two `Retry-After: 1` were honoured.
+    // Two dropped connections and one stalled request.
+    assert_eq!(unanswered(), 3, "{log:#?}");
+    let seen = seen.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 7, "{seen:#?}");
     assert!(
-        started.elapsed() >= Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
+        seen[0].contains("attempt 1/8 failed (")
+            && seen[0].contains(": stalled: no data for 0.5s (stall timeout"),
+        "{seen:#?}"
     );
+    // Both `Retry-After: 1` were honoured as the wait.
+    let too_many: Vec<_> = seen.iter().filter(|l| l.contains("HTTP 429")).collect();
+    assert_eq!(too_many.len(), 2, "{seen:#?}");
+    assert!(
+        too_many.iter().all(|l| l.ends_with("; retrying in 1.0s")),
+        "{seen:#?}"
+    );
+    assert_eq!(seen.iter().filter(|l| l.contains("HTTP 503")).count(), 2);
     assert_eq!(report.digest, m.digest);
     assert_remote_digest(&format!("{}/ns/x:latest", reg.host()), &m.digest);
 }

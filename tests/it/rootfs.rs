@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 
 use crate::support::{Scratch, require_bin, require_root, run_ok, umoci_unpack};
 use hakim::cache::Cas;
+use hakim::layer::diff::upper_to_entries;
 use hakim::layer::entry::{Content, Entry, Kind};
 use hakim::layer::tarball::{LayerBlob, write_layer};
 use hakim::layer::walk::{Ownership, walk};
 use hakim::oci::model::{Descriptor, REF_NAME};
 use hakim::oci::{ImageLayer, Layout, write_manifest};
 use hakim::rootfs::{
-    Bind, Overlay, RootfsCache, RootfsError, Sandbox, resolve_image, unpack_layer, upper_to_entries,
+    Backend, Bind, Overlay, RootfsCache, RootfsError, Sandbox, resolve_image, unpack_layer,
 };
 use hakim::spec::{Compression, ImageConfigSpec};
 
@@ -509,7 +510,11 @@ fn busybox_lower(dir: &Path) -> PathBuf {
 }
 
 fn sh(sb: &Sandbox, script: &str) -> String {
-    let out = run_ok(&mut sb.command(&["/bin/sh".into(), "-c".into(), script.into()]));
+    let out = run_ok(
+        &mut sb
+            .command(&["/bin/sh".into(), "-c".into(), script.into()])
+            .unwrap(),
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -517,7 +522,7 @@ fn sh(sb: &Sandbox, script: &str) -> String {
 fn the_sandbox_isolates_network_env_and_user_and_writes_only_to_the_upper() {
     require_root();
     require_bin("bwrap", "bubblewrap");
-    hakim::rootfs::require_bwrap().unwrap();
+    Backend::Bwrap.require().unwrap();
     let work = tempfile::tempdir().unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let lower = busybox_lower(work.path());
@@ -582,12 +587,16 @@ fn the_sandbox_isolates_network_env_and_user_and_writes_only_to_the_upper() {
         1000
     );
     // The first process is dumpable like any other: its /proc/self/fd is its own.
-    let out = run_ok(&mut sb.command(&[
-        "/bin/stat".into(),
-        "-c".into(),
-        "%u".into(),
-        "/proc/self/fd".into(),
-    ]));
+    let out = run_ok(
+        &mut sb
+            .command(&[
+                "/bin/stat".into(),
+                "-c".into(),
+                "%u".into(),
+                "/proc/self/fd".into(),
+            ])
+            .unwrap(),
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1000\n");
     sb.user = None;
     sb.cwd = None;

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use super::{RootfsError, io_err};
-use crate::layer::entry::{Entry, Kind};
-use crate::layer::walk::{Ownership, walk};
+use super::entry::{Entry, Kind};
+use super::walk::{Ownership, walk};
+use crate::rootfs::{RootfsError, io_err};
 
 /// Layer entries for an overlay upper dir: files as they are (owner, mode, mtime, xattrs),
 /// 0/0 character devices as [`Kind::Whiteout`], and each directory marked

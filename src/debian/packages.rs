@@ -1,6 +1,6 @@
 //! The resolve/lock stage: a variant's package layers become locked package lists and fetched .debs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -214,193 +214,27 @@ impl<'a> Resolver<'a> {
         lock: &mut LockFile,
         mode: LockMode,
     ) -> Result<Vec<LayerPackages>, PackagesError> {
-        // First pass: request hashes and which entries can be kept.
-        struct Step {
-            position: usize,
-            layer: String,
-            key: String,
-            request: Sha256Digest,
-            bootstrap: bool,
-            keep: Option<LockedLayer>,
-        }
-        let mut steps = Vec::new();
-        let mut lower: Option<Sha256Digest> = None;
-        for (position, name) in variant.layers.iter().enumerate() {
-            let layer = project.layer(name);
-            if layer.spec.packages.is_empty() {
-                continue;
-            }
-            let Some(suite) = variant.debian.suite.as_deref() else {
-                return Err(PackagesError::NoSuite {
-                    variant: variant.key.clone(),
-                    layer: name.clone(),
-                    file: variant.file.clone(),
-                });
-            };
-            let spec = repo_spec(&variant.debian, arch).expect("suite is set");
-            let mut packages: Vec<&str> = layer
-                .spec
-                .packages
-                .iter()
-                .map(|p| p.value.as_str())
-                .collect();
-            packages.sort_unstable();
-            packages.dedup();
-            let bootstrap = lower.is_none();
-            let request = Sha256Digest::of(
-                &serde_json::to_vec(&RequestKey {
-                    suite,
-                    components: &spec.components,
-                    updates: spec.updates,
-                    security: spec.security,
-                    snapshot: spec.mirror.snapshot.as_deref(),
-                    arch,
-                    packages,
-                    recommends: layer.spec.recommends,
-                    bootstrap,
-                    lower,
-                })
-                .expect("request serializes"),
-            );
-            let key = chain_key(&variant.layers[..=position], arch);
-            let existing = lock.layers.get(&key).cloned();
-            let keep = match (existing, mode) {
-                (Some(e), LockMode::Frozen | LockMode::Refresh | LockMode::Offline)
-                    if e.request == request =>
-                {
-                    Some(e)
-                }
-                (Some(_), LockMode::Frozen | LockMode::Offline) => {
-                    return Err(PackagesError::Mismatch {
-                        variant: variant.key.clone(),
-                        layer: name.clone(),
-                        arch: arch.into(),
-                    });
-                }
-                (None, LockMode::Offline) => {
-                    return Err(PackagesError::OfflineMissing {
-                        variant: variant.key.clone(),
-                        layer: name.clone(),
-                        arch: arch.into(),
-                    });
-                }
-                _ => None,
-            };
-            steps.push(Step {
-                position,
-                layer: name.clone(),
-                key,
-                request,
-                bootstrap,
-                keep,
-            });
-            lower = Some(request);
-        }
-
-        let mut out = Vec::new();
+        let steps = plan_steps(project, variant, arch, lock, mode)?;
         if steps.iter().all(|s| s.keep.is_some()) {
-            for s in steps {
-                out.push(LayerPackages {
-                    position: s.position,
-                    layer: s.layer,
-                    locked: s.keep.expect("kept"),
-                });
-            }
-            return Ok(out);
+            return Ok(steps.into_iter().map(LockStep::kept).collect());
         }
-
         let spec = repo_spec(&variant.debian, arch).expect("suite is set");
         let loaded = self.load(&spec, lock).await?;
+        // Packages of the layers below, as the resolver of the next layer must see them.
         let mut installed: Vec<InstalledPackage> = Vec::new();
+        let mut out = Vec::new();
         for s in steps {
             let locked = match s.keep {
                 Some(keep) => {
-                    for p in &keep.packages {
-                        let found = loaded
-                            .index
-                            .versions(&p.name)
-                            .find(|c| {
-                                c.version.as_str() == p.version && c.architecture == p.architecture
-                            })
-                            .ok_or_else(|| PackagesError::Gone {
-                                name: p.name.clone(),
-                                version: p.version.clone(),
-                                arch: arch.into(),
-                            })?;
-                        installed.push(InstalledPackage::from(found));
-                    }
+                    installed.extend(reinstall_kept(&loaded.index, &keep, arch)?);
                     keep
                 }
                 None => {
-                    let layer = project.layer(&s.layer);
-                    let request = Request {
-                        arch: arch.to_string(),
-                        packages: layer
-                            .spec
-                            .packages
-                            .iter()
-                            .map(|p| p.value.clone())
-                            .collect(),
-                        installed: installed.clone(),
-                        essential_base: s.bootstrap,
-                        recommends: layer.spec.recommends,
-                    };
-                    let resolve_err = |source| PackagesError::Resolve {
-                        variant: variant.key.clone(),
-                        layer: s.layer.clone(),
-                        arch: arch.into(),
-                        source: Box::new(source),
-                    };
-                    let res = resolve(&loaded.index, &request).map_err(resolve_err)?;
-                    // What mmdebstrap extracts first: the Essential set and its dependencies.
-                    let phase1: std::collections::BTreeSet<String> = if s.bootstrap {
-                        let names: std::collections::BTreeSet<String> = loaded
-                            .index
-                            .packages()
-                            .iter()
-                            .filter(|p| {
-                                p.essential && (p.architecture == arch || p.architecture == "all")
-                            })
-                            .map(|p| p.name.clone())
-                            .collect();
-                        let req = Request {
-                            arch: arch.to_string(),
-                            packages: names.into_iter().collect(),
-                            ..Request::default()
-                        };
-                        let res = resolve(&loaded.index, &req).map_err(resolve_err)?;
-                        res.packages
-                            .iter()
-                            .map(|r| r.package.name.clone())
-                            .collect()
-                    } else {
-                        Default::default()
-                    };
-                    let packages = res
-                        .packages
-                        .iter()
-                        .map(|r| {
-                            let p = &r.package;
-                            installed.push(InstalledPackage::from(p));
-                            LockedPackage {
-                                name: p.name.clone(),
-                                version: p.version.as_str().to_string(),
-                                architecture: p.architecture.clone(),
-                                suite: p.origin.split('/').next().unwrap_or_default().to_string(),
-                                path: p.filename.clone(),
-                                size: p.size,
-                                sha256: p.sha256,
-                                essential: phase1.contains(&p.name),
-                            }
-                        })
-                        .collect();
-                    let entry = LockedLayer {
-                        request: s.request,
-                        bootstrap: s.bootstrap,
-                        packages,
-                    };
-                    lock.layers.insert(s.key.clone(), entry.clone());
-                    entry
+                    let entry =
+                        resolve_step(project, variant, arch, &loaded.index, &s, &installed)?;
+                    installed.extend(entry.1);
+                    lock.layers.insert(s.key.clone(), entry.0.clone());
+                    entry.0
                 }
             };
             out.push(LayerPackages {
@@ -590,4 +424,236 @@ pub fn image_apt_sources(
         text.push_str(&format!("\nTypes: deb\nURIs: {sec}\nSuites: {suite}-security\nComponents: {components}\nSigned-By: {keyring}\n"));
     }
     Some(text)
+}
+
+/// One package layer of a variant on its way into the lock.
+struct LockStep {
+    position: usize,
+    layer: String,
+    /// The lock key: the layer chain up to this layer, and the arch.
+    key: String,
+    /// Hash of everything resolution depends on.
+    request: Sha256Digest,
+    /// The lowest package layer, which bootstraps the Essential set.
+    bootstrap: bool,
+    /// The lock entry that still matches, if any.
+    keep: Option<LockedLayer>,
+}
+
+impl LockStep {
+    fn kept(self) -> LayerPackages {
+        LayerPackages {
+            position: self.position,
+            layer: self.layer,
+            locked: self.keep.expect("kept"),
+        }
+    }
+}
+
+/// First pass: each package layer's request hash, and whether its lock entry can be kept.
+fn plan_steps(
+    project: &Project,
+    variant: &Variant,
+    arch: &str,
+    lock: &LockFile,
+    mode: LockMode,
+) -> Result<Vec<LockStep>, PackagesError> {
+    let mut steps = Vec::new();
+    let mut lower: Option<Sha256Digest> = None;
+    for (position, name) in variant.layers.iter().enumerate() {
+        let layer = project.layer(name);
+        if layer.spec.packages.is_empty() {
+            continue;
+        }
+        let request = request_hash(variant, layer, arch, lower)?;
+        let key = chain_key(&variant.layers[..=position], arch);
+        let keep = keep_entry(lock.layers.get(&key), request, mode, variant, name, arch)?;
+        steps.push(LockStep {
+            position,
+            layer: name.clone(),
+            key,
+            request,
+            bootstrap: lower.is_none(),
+            keep,
+        });
+        lower = Some(request);
+    }
+    Ok(steps)
+}
+
+/// Hash of a package layer's resolution inputs, chained to the layer below (`lower`).
+fn request_hash(
+    variant: &Variant,
+    layer: &crate::spec::Layer,
+    arch: &str,
+    lower: Option<Sha256Digest>,
+) -> Result<Sha256Digest, PackagesError> {
+    let Some(suite) = variant.debian.suite.as_deref() else {
+        return Err(PackagesError::NoSuite {
+            variant: variant.key.clone(),
+            layer: layer.name.clone(),
+            file: variant.file.clone(),
+        });
+    };
+    let spec = repo_spec(&variant.debian, arch).expect("suite is set");
+    let mut packages: Vec<&str> = layer
+        .spec
+        .packages
+        .iter()
+        .map(|p| p.value.as_str())
+        .collect();
+    packages.sort_unstable();
+    packages.dedup();
+    let key = RequestKey {
+        suite,
+        components: &spec.components,
+        updates: spec.updates,
+        security: spec.security,
+        snapshot: spec.mirror.snapshot.as_deref(),
+        arch,
+        packages,
+        recommends: layer.spec.recommends,
+        bootstrap: lower.is_none(),
+        lower,
+    };
+    Ok(Sha256Digest::of(
+        &serde_json::to_vec(&key).expect("request serializes"),
+    ))
+}
+
+/// The existing lock entry if `mode` lets it stand for `request`; an error if the mode forbids
+/// re-resolving; `None` when the layer must be resolved again.
+fn keep_entry(
+    existing: Option<&LockedLayer>,
+    request: Sha256Digest,
+    mode: LockMode,
+    variant: &Variant,
+    layer: &str,
+    arch: &str,
+) -> Result<Option<LockedLayer>, PackagesError> {
+    match (existing, mode) {
+        (Some(e), LockMode::Frozen | LockMode::Refresh | LockMode::Offline)
+            if e.request == request =>
+        {
+            Ok(Some(e.clone()))
+        }
+        (Some(_), LockMode::Frozen | LockMode::Offline) => Err(PackagesError::Mismatch {
+            variant: variant.key.clone(),
+            layer: layer.into(),
+            arch: arch.into(),
+        }),
+        (None, LockMode::Offline) => Err(PackagesError::OfflineMissing {
+            variant: variant.key.clone(),
+            layer: layer.into(),
+            arch: arch.into(),
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// The index entries of a kept layer's packages; fails if one left the repository.
+fn reinstall_kept(
+    index: &PackageIndex,
+    keep: &LockedLayer,
+    arch: &str,
+) -> Result<Vec<InstalledPackage>, PackagesError> {
+    keep.packages
+        .iter()
+        .map(|p| {
+            index
+                .versions(&p.name)
+                .find(|c| c.version.as_str() == p.version && c.architecture == p.architecture)
+                .map(InstalledPackage::from)
+                .ok_or_else(|| PackagesError::Gone {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    arch: arch.into(),
+                })
+        })
+        .collect()
+}
+
+/// Resolve one layer over the packages `installed` below it: its lock entry and what it adds.
+fn resolve_step(
+    project: &Project,
+    variant: &Variant,
+    arch: &str,
+    index: &PackageIndex,
+    step: &LockStep,
+    installed: &[InstalledPackage],
+) -> Result<(LockedLayer, Vec<InstalledPackage>), PackagesError> {
+    let layer = project.layer(&step.layer);
+    let resolve_err = |source| PackagesError::Resolve {
+        variant: variant.key.clone(),
+        layer: step.layer.clone(),
+        arch: arch.into(),
+        source: Box::new(source),
+    };
+    let request = Request {
+        arch: arch.to_string(),
+        packages: layer
+            .spec
+            .packages
+            .iter()
+            .map(|p| p.value.clone())
+            .collect(),
+        installed: installed.to_vec(),
+        essential_base: step.bootstrap,
+        recommends: layer.spec.recommends,
+    };
+    let res = resolve(index, &request).map_err(resolve_err)?;
+    let phase1 = if step.bootstrap {
+        essential_set(index, arch).map_err(resolve_err)?
+    } else {
+        BTreeSet::new()
+    };
+    let added = res
+        .packages
+        .iter()
+        .map(|r| InstalledPackage::from(&r.package))
+        .collect();
+    let packages = res
+        .packages
+        .iter()
+        .map(|r| {
+            let p = &r.package;
+            LockedPackage {
+                name: p.name.clone(),
+                version: p.version.as_str().to_string(),
+                architecture: p.architecture.clone(),
+                suite: p.origin.split('/').next().unwrap_or_default().to_string(),
+                path: p.filename.clone(),
+                size: p.size,
+                sha256: p.sha256,
+                essential: phase1.contains(&p.name),
+            }
+        })
+        .collect();
+    let entry = LockedLayer {
+        request: step.request,
+        bootstrap: step.bootstrap,
+        packages,
+    };
+    Ok((entry, added))
+}
+
+/// What mmdebstrap extracts first: the Essential set and its dependencies.
+fn essential_set(index: &PackageIndex, arch: &str) -> Result<BTreeSet<String>, ResolveError> {
+    let names: BTreeSet<String> = index
+        .packages()
+        .iter()
+        .filter(|p| p.essential && (p.architecture == arch || p.architecture == "all"))
+        .map(|p| p.name.clone())
+        .collect();
+    let req = Request {
+        arch: arch.to_string(),
+        packages: names.into_iter().collect(),
+        ..Request::default()
+    };
+    let res = resolve(index, &req)?;
+    Ok(res
+        .packages
+        .iter()
+        .map(|r| r.package.name.clone())
+        .collect())
 }
