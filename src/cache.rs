@@ -12,6 +12,13 @@ pub enum CasError {
     /// Filesystem failure, with the path involved.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A file that should hold a blob does not (size or digest differs).
+    #[error("{path}: corrupt blob {expected}: {why}")]
+    Corrupt {
+        path: PathBuf,
+        expected: Sha256Digest,
+        why: String,
+    },
     /// Content did not hash to what the caller expected.
     #[error("content hashes to {actual}, expected {expected}")]
     Mismatch {
@@ -25,6 +32,44 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CasError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Check that the file at `path` is exactly the blob `digest` of `size` bytes.
+///
+/// Call it before a blob leaves the machine or the cache (push, export): a reuse only
+/// checks sizes, so this is where a flipped byte is caught.
+pub fn verify_file(path: &Path, digest: &Sha256Digest, size: u64) -> Result<(), CasError> {
+    let corrupt = |why: String| CasError::Corrupt {
+        path: path.to_path_buf(),
+        expected: *digest,
+        why,
+    };
+    let file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    if len != size {
+        return Err(corrupt(format!("{len} bytes, expected {size}")));
+    }
+    let actual = Sha256Digest::of_reader(io::BufReader::new(file)).map_err(io_err(path))?;
+    if actual != *digest {
+        return Err(corrupt(format!(
+            "content hashes to {actual}; run `hakim cache verify` and rebuild"
+        )));
+    }
+    Ok(())
+}
+
+/// What [`Cas::check`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobState {
+    /// Present and hashing to its name.
+    Good,
+    /// Not present.
+    Missing,
+    /// Present but hashing to `actual`; it has been removed.
+    Removed {
+        /// What the bytes hashed to.
+        actual: Sha256Digest,
+    },
 }
 
 /// A directory of blobs at `<root>/sha256/<hex>`, written atomically.
@@ -59,25 +104,33 @@ impl Cas {
 
     /// Re-hash a present blob; a corrupt one is removed and `false` returned.
     pub fn verify(&self, digest: &Sha256Digest) -> Result<bool, CasError> {
+        Ok(self.check(digest)? == BlobState::Good)
+    }
+
+    /// Re-hash a blob and say what was found; a corrupt one is removed.
+    pub fn check(&self, digest: &Sha256Digest) -> Result<BlobState, CasError> {
         let path = self.path(digest);
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BlobState::Missing),
             Err(e) => return Err(io_err(&path)(e)),
         };
         let actual = Sha256Digest::of_reader(io::BufReader::new(file)).map_err(io_err(&path))?;
         if actual == *digest {
-            return Ok(true);
+            return Ok(BlobState::Good);
         }
         fs::remove_file(&path).map_err(io_err(&path))?;
-        Ok(false)
+        Ok(BlobState::Removed { actual })
     }
 
     /// Start writing a blob; nothing is visible until [`CasWriter::commit`].
     pub fn writer(&self) -> Result<CasWriter, CasError> {
         let dir = self.root.join("tmp");
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_err(&dir))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&crate::janitor::tmp_prefix())
+            .tempfile_in(&dir)
+            .map_err(io_err(&dir))?;
         Ok(CasWriter {
             cas: self.clone(),
             inner: HashingWriter::new(BufWriter::new(tmp)),
@@ -118,6 +171,11 @@ impl CasWriter {
             });
         }
         let dest = self.cas.path(&digest);
+        // Read-only: layouts hardlink these files, so a write through a layout must not
+        // silently change the cache.
+        tmp.as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .map_err(io_err(&dest))?;
         tmp.as_file().sync_data().map_err(io_err(&dest))?;
         tmp.persist(&dest).map_err(|e| io_err(&dest)(e.error))?;
         Ok((digest, len))

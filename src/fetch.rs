@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
-use crate::cache::{Cas, CasError};
+use crate::cache::{BlobState, Cas, CasError};
 use crate::digest::Sha256Digest;
 use crate::net::{self, NetOptions, RetryError, Retryable, Verdict};
 
@@ -64,6 +64,19 @@ pub enum FetchError {
     Offline {
         /// The URL that would have been requested.
         url: String,
+    },
+    /// The cached copy was corrupt and has been removed, and offline forbids a new download.
+    #[error(
+        "offline: the cached copy of {url} was corrupt (it hashed to {actual}, not {expected}) \
+         and has been removed; run the same command without --offline to download it again"
+    )]
+    OfflineCorrupt {
+        /// The URL that would have been requested.
+        url: String,
+        /// The digest the lock or spec pins.
+        expected: Sha256Digest,
+        /// What the removed copy hashed to.
+        actual: Sha256Digest,
     },
     /// The server answered with a non-retryable status.
     #[error("GET {url}: HTTP {status}")]
@@ -307,7 +320,8 @@ impl Fetcher {
         item: &FetchItem,
         progress: &dyn FetchProgress,
     ) -> Result<PathBuf, FetchError> {
-        if self.cached(item).await? {
+        let state = self.cached(item).await?;
+        if state == BlobState::Good {
             // Count cached bytes too, so a progress bar sized by `begin` reaches its end.
             progress.advance(item.size.unwrap_or(0));
             progress.item_done(&item.label, true);
@@ -316,6 +330,13 @@ impl Fetcher {
         match classify(&item.url)? {
             Source::Local(path) => self.copy_local(item, path).await?,
             Source::Http(url) => {
+                if let (true, BlobState::Removed { actual }) = (self.opts.offline, state) {
+                    return Err(FetchError::OfflineCorrupt {
+                        url: url.to_string(),
+                        expected: item.sha256,
+                        actual,
+                    });
+                }
                 let open = || self.cas.writer().map_err(|e| self.cache_err(url, e));
                 let w = self.download(url, item.size, progress, open).await?;
                 commit_to(url, w, &item.sha256)?;
@@ -326,10 +347,10 @@ impl Fetcher {
     }
 
     /// Whether a verified copy is present; a corrupt copy is removed.
-    async fn cached(&self, item: &FetchItem) -> Result<bool, FetchError> {
+    async fn cached(&self, item: &FetchItem) -> Result<BlobState, FetchError> {
         let cas = self.cas.clone();
         let digest = item.sha256;
-        tokio::task::spawn_blocking(move || cas.verify(&digest))
+        tokio::task::spawn_blocking(move || cas.check(&digest))
             .await
             .map_err(|e| FetchError::Local {
                 path: self.cas.path(&digest),
@@ -865,6 +886,37 @@ mod tests {
         assert!(matches!(err, FetchError::Offline { .. }));
         assert_eq!(off.stats().requests, 0);
         assert_eq!(srv.hits.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn offline_says_a_corrupt_cached_copy_was_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = b"a cached .deb".to_vec();
+        let off = fetcher(
+            dir.path(),
+            FetchOptions {
+                offline: true,
+                ..quick()
+            },
+        );
+        let d = off.cas().insert_bytes(&content).unwrap();
+        std::fs::write(off.cas().path(&d), b"a cached .deX").unwrap();
+        // No server: offline must not even try one.
+        let it = item("http://127.0.0.1:9/pool/x.deb".into(), &content);
+        let err = off.fetch(it.clone()).await.unwrap_err().to_string();
+        for want in [
+            "was corrupt",
+            "has been removed",
+            "without --offline",
+            "/pool/x.deb",
+        ] {
+            assert!(err.contains(want), "{want:?} missing from: {err}");
+        }
+        assert!(!off.cas().contains(&d), "the corrupt copy must be gone");
+        // Once removed it is simply missing.
+        let err = off.fetch(it).await.unwrap_err().to_string();
+        assert!(err.contains("is not in the cache"), "{err}");
+        assert_eq!(off.stats().requests, 0);
     }
 
     struct Recorder(Mutex<Vec<(String, bool)>>, AtomicU64);

@@ -52,11 +52,16 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Run variants' `tests:` in their built images (all variants when none is named).
     Test(cli::test::TestArgs),
+    /// Check the layer cache (verify) or reclaim its space (prune).
+    Cache(cli::cache::CacheArgs),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = hakim::janitor::install_signal_cleanup() {
+        eprintln!("warning: cannot handle SIGTERM/SIGINT cleanly: {e}");
+    }
     // `hakim run` keeps the command's own codes, so its own failures get docker run's 125.
     let on_error = match cli.command {
         Command::Run(_) => Status::RUN_FAILED,
@@ -72,9 +77,17 @@ async fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<Status> {
+    let command = match cli.command {
+        // The cache needs no project.
+        Command::Cache(args) => {
+            let cache = cli.cache_dir.unwrap_or_else(cli::default_cache_dir);
+            return cli::cache::run(&cache, args);
+        }
+        other => other,
+    };
     let mut paths = Paths::resolve(cli.project, cli.cache_dir, cli.out)?;
     paths.stall_timeout = cli.http_timeout;
-    match cli.command {
+    match command {
         Command::Validate => cli::validate::run(&paths),
         Command::Build(args) => cli::build::run(&paths, args).await,
         Command::Inspect(args) => cli::inspect::run(&paths, args).await,
@@ -83,5 +96,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Status> {
         Command::Push(args) => cli::push::run(&paths, args).await,
         Command::Run(args) => cli::run::run(&paths, args),
         Command::Test(args) => cli::test::run(&paths, args),
+        Command::Cache(_) => unreachable!("handled above"),
     }
 }

@@ -2,6 +2,7 @@
 //! and rendering the result; this module holds what they share (paths, output, arch choice).
 
 pub mod build;
+pub mod cache;
 pub mod exit;
 pub mod fetch;
 pub mod inspect;
@@ -111,10 +112,9 @@ pub fn default_cache_dir() -> PathBuf {
 /// SOURCE_DATE_EPOCH, or 0 when unset.
 pub fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(s) if !s.is_empty() => s
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH=`{s}` is not a number of seconds")),
+        Ok(s) if !s.is_empty() => {
+            hakim::spec::check::source_date_epoch(&s).map_err(anyhow::Error::msg)
+        }
         _ => Ok(0),
     }
 }

@@ -154,6 +154,11 @@ impl LayerTree {
         }
     }
 
+    /// Whether `path` was added only as the parent of another entry.
+    pub fn is_implicit(&self, path: &str) -> bool {
+        self.implicit.contains(path)
+    }
+
     /// Entries in tar order (sorted by path bytes, so parents come first).
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries.values()

@@ -164,7 +164,7 @@ pub fn build(inp: &RootfsLayer<'_>) -> Result<BuiltRootfs, InstallError> {
         source,
     })?;
     let tmp = tempfile::Builder::new()
-        .prefix("layer-")
+        .prefix(&crate::janitor::layer_dir_prefix())
         .tempdir_in(inp.scratch)
         .map_err(|source| InstallError::Io {
             layer: name.into(),

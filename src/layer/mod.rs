@@ -5,6 +5,8 @@ pub mod archive;
 pub mod diff;
 pub mod entry;
 pub mod install;
+pub mod integrity;
+mod parents;
 pub mod store;
 pub mod tarball;
 pub mod walk;
@@ -202,7 +204,7 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
     let (db, homes) = match (&layer.spec.accounts, lower_db) {
         (Some(spec), Some(lower_db)) => {
             let (merged, homes) =
-                accounts::merge(&lower_db, spec, inp.epoch).map_err(|source| {
+                accounts::merge(&lower_db, &spec.value, inp.epoch).map_err(|source| {
                     LayerError::Accounts {
                         layer: layer.name.clone(),
                         source,
@@ -229,6 +231,7 @@ pub fn assemble_pure(layer: &Layer, inp: &PureInputs<'_>) -> Result<LayerTree, L
             source,
         })?;
     }
+    parents::check(&tree, inp.lower, &layer.spec).map_err(|m| invalid(layer, m))?;
     tree.adopt_lower_dirs(|p| inp.lower.meta(p));
     Ok(tree)
 }

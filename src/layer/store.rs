@@ -42,6 +42,11 @@ pub struct LayerStore {
 impl LayerStore {
     /// Open the store under `cache_dir`.
     pub fn open(cache_dir: &Path) -> Result<Self, StoreError> {
+        // Before any temp file of ours exists: claim a session and sweep dead ones.
+        crate::janitor::register_cache(cache_dir).map_err(|source| StoreError::Io {
+            path: cache_dir.join("tmp/sessions"),
+            source,
+        })?;
         let dir = cache_dir.join("layers");
         fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
             path: dir.clone(),
@@ -67,11 +72,48 @@ impl LayerStore {
         self.dir.join(format!("{}.index.json", key.hex()))
     }
 
-    /// A cached layer whose blob is still present.
+    /// A cached layer whose blob is present and intact; a bad entry is evicted (`None`).
+    ///
+    /// Cheap on a warm cache: the blob is re-hashed only when its size, inode or times
+    /// differ from when it was last verified (see [`integrity`](super::integrity)).
     pub fn get(&self, key: &Sha256Digest) -> Option<LayerRecord> {
         let bytes = fs::read(self.record_path(key)).ok()?;
         let rec: LayerRecord = serde_json::from_slice(&bytes).ok()?;
-        (self.cas.contains(&rec.blob.digest) && self.index_path(key).is_file()).then_some(rec)
+        if !self.index_path(key).is_file() {
+            return None;
+        }
+        match super::integrity::check_reuse(self, key, &rec) {
+            Ok(()) => {
+                // The record's mtime is its last use, which `hakim cache prune` goes by.
+                let _ = filetime::set_file_mtime(self.record_path(key), filetime::FileTime::now());
+                Some(rec)
+            }
+            Err(_) => {
+                self.evict(key);
+                None
+            }
+        }
+    }
+
+    /// Forget a layer (record, index and stamp); its blob stays for other records.
+    pub fn evict(&self, key: &Sha256Digest) {
+        for p in [
+            self.record_path(key),
+            self.index_path(key),
+            self.stamp_path(key),
+        ] {
+            let _ = fs::remove_file(p);
+        }
+    }
+
+    /// Where the stat of the blob at its last verification is kept.
+    pub(crate) fn stamp_path(&self, key: &Sha256Digest) -> PathBuf {
+        self.dir.join(format!("{}.verified", key.hex()))
+    }
+
+    /// The directory holding records.
+    pub(crate) fn records_dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Remember a sealed layer (index first, record last, both atomic).
@@ -88,7 +130,10 @@ impl LayerStore {
         write_atomic(
             &self.record_path(key),
             &serde_json::to_vec_pretty(rec).expect("record serializes"),
-        )
+        )?;
+        // The blob was hashed as it was written: it is verified as of now.
+        super::integrity::stamp(self, key, &rec.blob);
+        Ok(())
     }
 
     /// The entry index of a cached layer.
@@ -112,7 +157,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&crate::janitor::tmp_prefix())
+        .tempfile_in(dir)
+        .map_err(io_err)?;
     io::Write::write_all(&mut tmp, bytes).map_err(io_err)?;
     tmp.persist(path).map_err(|e| io_err(e.error))?;
     Ok(())

@@ -110,7 +110,7 @@ pub fn write_tar<'a, W: Write>(
 ) -> Result<Sha256Digest, TarError> {
     let mut builder = tar::Builder::new(HashingWriter::new(out));
     builder.mode(tar::HeaderMode::Deterministic);
-    for e in entries {
+    for e in link_targets_first(entries) {
         append(&mut builder, e, epoch)?;
     }
     let hw = builder.into_inner()?;
@@ -214,6 +214,39 @@ fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, epoch: u64) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Path order, except that a hardlink waits until its target has been written: extractors
+/// (tar, umoci) create a link from an entry they have already seen.
+pub fn link_targets_first<'a>(entries: impl Iterator<Item = &'a Entry>) -> Vec<&'a Entry> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let all: Vec<&Entry> = entries.collect();
+    let present: BTreeSet<&str> = all.iter().map(|e| e.path.as_str()).collect();
+    let mut written: BTreeSet<&str> = BTreeSet::new();
+    let mut waiting: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(all.len());
+    for e in all {
+        if let Kind::Hardlink(t) = &e.kind
+            && present.contains(t.as_str())
+            && !written.contains(t.as_str())
+            && *t != e.path
+        {
+            waiting.entry(t.as_str()).or_default().push(e);
+            continue;
+        }
+        // Writing one entry may release links to it, which may release links to them.
+        let mut ready = vec![e];
+        while let Some(next) = ready.pop() {
+            out.push(next);
+            written.insert(next.path.as_str());
+            if let Some(links) = waiting.remove(next.path.as_str()) {
+                ready.extend(links.into_iter().rev());
+            }
+        }
+    }
+    // Links in a cycle never get a written target; keep them rather than drop entries.
+    out.extend(waiting.into_values().flatten());
+    out
 }
 
 struct CountingReader<'a, R> {

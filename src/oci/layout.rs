@@ -13,6 +13,16 @@ pub enum LayoutError {
     /// Filesystem failure.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A manifest, config or index larger than registries and skopeo accept.
+    #[error(
+        "the image {what} would be {size} bytes, over the {limit}-byte limit registries enforce; \
+         shorten descriptions, labels or annotations"
+    )]
+    Oversized {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
     /// `index.json` or `oci-layout` is not what the spec says.
     #[error("{path}: not an OCI image layout: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -37,6 +47,7 @@ impl Layout {
         let layout = Self {
             dir: dir.to_path_buf(),
         };
+        crate::janitor::register_layout(dir);
         let marker = dir.join("oci-layout");
         if marker.is_file() {
             let text = fs::read_to_string(&marker).map_err(io_err(&marker))?;
@@ -85,16 +96,21 @@ impl Layout {
     /// Add a blob from a file already known to have digest `d` (hardlinked when possible).
     pub fn put_blob_file(&self, src: &Path, d: &Sha256Digest) -> Result<(), LayoutError> {
         let dest = self.blob_path(d);
-        if dest.is_file() {
+        if keep_existing(src, &dest, d) {
             return Ok(());
         }
-        let tmp =
-            self.dir
-                .join("blobs/sha256")
-                .join(format!(".tmp-{}-{}", std::process::id(), d.hex()));
+        let tmp = self.dir.join("blobs/sha256").join(format!(
+            "{}{}",
+            crate::janitor::tmp_prefix(),
+            d.hex()
+        ));
         let _ = fs::remove_file(&tmp);
-        if fs::hard_link(src, &tmp).is_err() {
-            fs::copy(src, &tmp).map_err(io_err(&tmp))?;
+        if fs::hard_link(src, &tmp).is_err()
+            && let Err(e) = fs::copy(src, &tmp)
+        {
+            // A full disk must not leave a partial blob behind.
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(&tmp)(e));
         }
         fs::rename(&tmp, &dest).map_err(io_err(&dest))
     }
@@ -159,12 +175,26 @@ impl Layout {
     }
 }
 
+/// Whether the layout's copy at `dest` can stay: it is `src` itself (a hardlink), or a
+/// separate copy that still holds the blob. Anything else is replaced, so a cache entry
+/// rebuilt after corruption also repairs the layout.
+fn keep_existing(src: &Path, dest: &Path, d: &Sha256Digest) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(have), Ok(want)) = (fs::metadata(dest), fs::metadata(src)) else {
+        return false;
+    };
+    if (have.dev(), have.ino()) == (want.dev(), want.ino()) {
+        return true;
+    }
+    have.dev() != want.dev() && crate::cache::verify_file(dest, d, want.len()).is_ok()
+}
+
 /// Write a file atomically (temp file in the same directory, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(&crate::janitor::tmp_prefix())
         .tempfile_in(dir)
         .map_err(io_err(dir))?;
     io::Write::write_all(&mut tmp, bytes).map_err(io_err(path))?;

@@ -24,6 +24,21 @@ pub struct ImageLayer {
     pub comment: Option<String>,
 }
 
+/// Largest manifest, config or index registries (and skopeo) accept: 4 MiB.
+pub const MAX_DOCUMENT: usize = 4 * 1024 * 1024;
+
+/// Refuse a JSON document over [`MAX_DOCUMENT`] before anything is written.
+pub fn check_document_size(what: &'static str, bytes: &[u8]) -> Result<(), LayoutError> {
+    if bytes.len() > MAX_DOCUMENT {
+        return Err(LayoutError::Oversized {
+            what,
+            size: bytes.len(),
+            limit: MAX_DOCUMENT,
+        });
+    }
+    Ok(())
+}
+
 /// RFC 3339 UTC time of a Unix timestamp.
 pub fn rfc3339(epoch: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp(epoch as i64)
@@ -97,6 +112,7 @@ pub fn write_manifest(
 ) -> Result<Written, LayoutError> {
     let config = image_config(arch, layers, spec, labels, epoch);
     let config_bytes = serde_json::to_vec(&config).expect("config serializes");
+    check_document_size("config", &config_bytes)?;
     let config_digest = layout.put_blob_bytes(&config_bytes)?;
     let manifest = Manifest {
         schema_version: 2,
@@ -121,6 +137,7 @@ pub fn write_manifest(
         annotations: annotations.clone(),
     };
     let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
+    check_document_size("manifest", &bytes)?;
     let digest = layout.put_blob_bytes(&bytes)?;
     Ok(Written {
         descriptor: Descriptor {
@@ -147,6 +164,7 @@ pub fn write_index(
         annotations: annotations.clone(),
     };
     let bytes = serde_json::to_vec(&index).expect("index serializes");
+    check_document_size("index", &bytes)?;
     let digest = layout.put_blob_bytes(&bytes)?;
     Ok(Written {
         descriptor: Descriptor {

@@ -228,19 +228,8 @@ fn walk(
                     continue;
                 }
                 let path = blob_path(dir, &blob.digest);
-                let meta = fs::metadata(&path)
-                    .map_err(|e| layout_err(dir, format!("{}: {e}", path.display())))?;
-                if meta.len() != blob.size {
-                    return Err(layout_err(
-                        dir,
-                        format!(
-                            "blob {} has {} bytes, descriptor says {}",
-                            blob.digest,
-                            meta.len(),
-                            blob.size
-                        ),
-                    ));
-                }
+                crate::cache::verify_file(&path, &blob.digest, blob.size)
+                    .map_err(|e| layout_err(dir, e.to_string()))?;
                 plan.blobs.push(blob);
             }
         }
@@ -323,6 +312,14 @@ mod tests {
         fs::write(blob_path(tmp.path(), &d), b"{}").unwrap();
         let e = plan(tmp.path(), "x:1").unwrap_err();
         assert!(e.to_string().contains("corrupt"), "{e}");
+
+        // A layer blob with one byte changed (same size) is caught before any upload.
+        let tmp = tempfile::tempdir().unwrap();
+        layout(tmp.path(), MEDIA_MANIFEST, "x:1");
+        let layer = blob_path(tmp.path(), &Sha256Digest::of(b"layer"));
+        fs::write(&layer, b"lAyer").unwrap();
+        let e = plan(tmp.path(), "x:1").unwrap_err();
+        assert!(e.to_string().contains("hakim cache verify"), "{e}");
 
         let empty = tempfile::tempdir().unwrap();
         let e = plan(empty.path(), "x:1").unwrap_err();

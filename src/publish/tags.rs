@@ -55,7 +55,8 @@ static SEMVER_RE: LazyLock<Regex> = LazyLock::new(|| {
 
 /// Check `tag` against the OCI distribution tag grammar.
 pub fn validate_tag(tag: &str) -> Result<(), TagError> {
-    if TAG_RE.is_match(tag) {
+    // Also the OCI layout ref.name grammar: the tag becomes part of `name:tag` there.
+    if TAG_RE.is_match(tag) && crate::spec::check::ref_component(tag, b"._-") {
         return Ok(());
     }
     let reason = if tag.is_empty() {
@@ -63,7 +64,7 @@ pub fn validate_tag(tag: &str) -> Result<(), TagError> {
     } else if tag.len() > 128 {
         format!("{} characters, at most 128 allowed", tag.len())
     } else {
-        "must match [A-Za-z0-9_][A-Za-z0-9_.-]*".to_string()
+        "must be letters and digits joined by single `.`, `_` or `-` (or `--`)".to_string()
     };
     Err(TagError::InvalidTag {
         tag: tag.to_string(),

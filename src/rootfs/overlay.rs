@@ -89,10 +89,11 @@ impl Overlay {
             message,
         };
         let (lowers, empty) = if lowers.is_empty() {
-            // overlayfs needs at least one lower dir.
+            // overlayfs needs at least one lower dir. Next to `work`, so that whatever
+            // removes the build's temp dir (even after a kill) removes this one too.
             let d = tempfile::Builder::new()
-                .prefix("hakim-empty-")
-                .tempdir()
+                .prefix("empty-lower-")
+                .tempdir_in(work.parent().unwrap_or(Path::new("/tmp")))
                 .map_err(|e| err(e.to_string()))?;
             (vec![d.path().to_path_buf()], Some(d))
         } else {

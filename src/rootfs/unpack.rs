@@ -43,7 +43,7 @@ pub fn unpack_checked(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".tmp-{name}-"))
+        .prefix(&format!("{}{name}-", crate::janitor::tmp_prefix()))
         .tempdir_in(parent)
         .map_err(io_err(parent))?;
     let root = tmp.path();

@@ -2,6 +2,7 @@
 //!
 //! Everything is checked before anything is built, so a bad input never reaches the output.
 
+pub mod check;
 mod error;
 mod types;
 
@@ -269,7 +270,7 @@ fn resolve_variant(
         key: key.to_string(),
         name: String::new(),
         file: file.clone(),
-        description: own.description.clone(),
+        description: own.description.as_ref().map(|d| d.value.clone()),
         archs: vec!["amd64".to_string()],
         compression: Compression::Gzip,
         debian: DebianSettings::default(),
@@ -293,6 +294,13 @@ fn resolve_variant(
         };
         apply(&mut v, &path, &f, layers)?;
     }
+    if v.layers.is_empty() {
+        return Err(SpecError::invalid(
+            SourcePos::file(file),
+            "layers",
+            "a variant needs at least one layer (own, inherited with `from:`, or `top_layers:`)",
+        ));
+    }
     v.name = match &own.name {
         Some(n) => {
             check_image_name(&n.value)
@@ -314,7 +322,7 @@ fn empty_variant_file() -> VariantFile {
         archs: None,
         compression: None,
         debian: None,
-        config: ImageConfigSpec::default(),
+        config: None,
         tags: None,
         tests: Vec::new(),
     }
@@ -385,7 +393,15 @@ fn apply(
     if let Some(d) = &f.debian {
         merge_debian(&mut v.debian, d);
     }
-    merge_config(&mut v.config, &f.config);
+    if let Some(d) = &f.description {
+        check::text("description", &d.value)
+            .map_err(|(f, m)| SpecError::invalid(SourcePos::at(path, d.referenced), &f, m))?;
+    }
+    if let Some(c) = &f.config {
+        check::config(&c.value)
+            .map_err(|(f, m)| SpecError::invalid(SourcePos::at(path, c.referenced), &f, m))?;
+        merge_config(&mut v.config, &c.value);
+    }
     check_env(&v.config)
         .map_err(|(field, m)| SpecError::invalid(SourcePos::file(path), &field, m))?;
     if let Some(tags) = &f.tags {
@@ -461,7 +477,8 @@ fn merge_config(into: &mut ImageConfigSpec, c: &ImageConfigSpec) {
     }
 }
 
-/// Check `config.env` and `config.env_file`: the env must survive a `KEY=VALUE` line file.
+/// Check the merged `config.env` and `config.env_file`: the env must survive a `KEY=VALUE`
+/// line file that sh reads (names as sh accepts them; values on one line).
 fn check_env(c: &ImageConfigSpec) -> Result<(), (String, String)> {
     if let Some(p) = &c.env_file {
         check_image_path(p).map_err(|m| ("config.env_file".to_string(), m))?;
@@ -493,13 +510,13 @@ pub fn check_image_name(name: &str) -> Result<(), String> {
                 && part
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-                && part.as_bytes()[0].is_ascii_alphanumeric()
+                && check::ref_component(part, b"._-")
         });
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "`{name}` is not a valid image name (lowercase letters, digits, `.`, `_`, `-`)"
+            "`{name}` is not a valid image name (lowercase letters and digits, joined by single `.`, `_`, `-` or `--`)"
         ))
     }
 }
@@ -528,18 +545,12 @@ pub fn check_tag_template(tag: &str) -> Result<(), String> {
         rest = &rest[end + 1..];
     }
     literal.push_str(rest);
-    let valid = !literal.is_empty()
-        && literal.len() <= 128
-        && literal.as_bytes()[0] != b'.'
-        && literal.as_bytes()[0] != b'-'
-        && literal
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    let valid = literal.len() <= 128 && check::ref_component(&literal, b"._-");
     if valid {
         Ok(())
     } else {
         Err(format!(
-            "`{tag}` is not a valid tag ([A-Za-z0-9_.-], at most 128)"
+            "`{tag}` is not a valid tag: letters and digits joined by single `.`, `_`, `-` (or `--`), at most 128, as OCI layout ref names require"
         ))
     }
 }
@@ -573,6 +584,7 @@ fn validate_layer(dir: &Path, file: &Path, spec: &LayerFile) -> Result<(), SpecE
     validate_symlinks(file, spec)?;
     validate_archives(file, spec)?;
     validate_accounts(file, spec)?;
+    validate_description(file, spec)?;
     validate_packages(file, spec)
 }
 
@@ -613,6 +625,12 @@ fn validate_directories(file: &Path, spec: &LayerFile) -> Result<(), SpecError> 
     for (i, d) in spec.directories.iter().enumerate() {
         let pos = at(d.referenced);
         check_image_path(&d.value.path)
+            .and_then(|()| match entry_root(&d.value.path) {
+                true => {
+                    Err("`/` is the image root and always exists; name a directory below it".into())
+                }
+                false => Ok(()),
+            })
             .map_err(|m| SpecError::invalid(pos.clone(), &format!("directories[{i}].path"), m))?;
         if let Some(o) = &d.value.owner {
             check_owner(o)
@@ -696,35 +714,27 @@ fn validate_archives(file: &Path, spec: &LayerFile) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Accounts: valid, unique names and absolute homes.
+/// Accounts: every field as `useradd`/`groupadd` would accept it.
 fn validate_accounts(file: &Path, spec: &LayerFile) -> Result<(), SpecError> {
     if let Some(acc) = &spec.accounts {
-        let mut names = BTreeSet::new();
-        for g in &acc.groups {
-            if !valid_account_name(&g.name) || !names.insert(("g", g.name.clone())) {
-                return Err(SpecError::invalid(
-                    SourcePos::file(file),
-                    "accounts.groups",
-                    format!("invalid or duplicate group `{}`", g.name),
-                ));
-            }
-        }
-        for u in &acc.users {
-            if !valid_account_name(&u.name) || !names.insert(("u", u.name.clone())) {
-                return Err(SpecError::invalid(
-                    SourcePos::file(file),
-                    "accounts.users",
-                    format!("invalid or duplicate user `{}`", u.name),
-                ));
-            }
-            if let Some(h) = &u.home {
-                check_image_path(h).map_err(|m| {
-                    SpecError::invalid(SourcePos::file(file), "accounts.users.home", m)
-                })?;
-            }
-        }
+        check::accounts(&acc.value).map_err(|(f, m)| {
+            SpecError::invalid(
+                SourcePos::at(file, acc.referenced),
+                &format!("accounts.{f}"),
+                m,
+            )
+        })?;
     }
     Ok(())
+}
+
+/// Description: bounded free text.
+fn validate_description(file: &Path, spec: &LayerFile) -> Result<(), SpecError> {
+    match &spec.description {
+        Some(d) => check::text("description", d)
+            .map_err(|(f, m)| SpecError::invalid(SourcePos::file(file), &f, m)),
+        None => Ok(()),
+    }
 }
 
 /// Packages: Debian package names.
@@ -746,10 +756,7 @@ fn validate_packages(file: &Path, spec: &LayerFile) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn valid_account_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 32
-        && n.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b))
-        && !n.as_bytes()[0].is_ascii_digit()
+/// Whether an in-image path names the root directory itself (`/`, `//`, `/.`).
+fn entry_root(p: &str) -> bool {
+    p.split('/').all(|c| c.is_empty() || c == ".")
 }

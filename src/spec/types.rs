@@ -14,7 +14,7 @@ pub struct VariantFile {
     /// Image name, e.g. `hakim-base`.
     pub name: Option<Spanned<String>>,
     /// Free text.
-    pub description: Option<String>,
+    pub description: Option<Spanned<String>>,
     /// Variant whose layers, config, tags and tests this one inherits.
     pub from: Option<Spanned<String>>,
     /// Layers on top of the inherited ones, bottom first.
@@ -30,8 +30,7 @@ pub struct VariantFile {
     /// Debian repository settings for package layers.
     pub debian: Option<DebianSettings>,
     /// Image config.
-    #[serde(default)]
-    pub config: ImageConfigSpec,
+    pub config: Option<Spanned<ImageConfigSpec>>,
     /// Tags; templates `{git_sha}`, `{date}`, `{version}` are expanded.
     pub tags: Option<Vec<Spanned<String>>>,
     /// Smoke tests run inside the built image.
@@ -156,7 +155,7 @@ pub struct LayerFile {
     #[serde(default)]
     pub archives: Vec<Spanned<ArchiveSpec>>,
     /// Users and groups merged into the account databases below.
-    pub accounts: Option<AccountsSpec>,
+    pub accounts: Option<Spanned<AccountsSpec>>,
     /// Commands run in a sandbox over the layer's rootfs.
     #[serde(default)]
     pub run: Vec<Spanned<RunSpec>>,
@@ -283,22 +282,46 @@ pub struct Mode(pub u32);
 
 impl<'de> Deserialize<'de> for Mode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            S(String),
-            N(u64),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::S(s) => s,
-            Raw::N(n) => n.to_string(),
-        };
+        d.deserialize_any(ModeVisitor)
+    }
+}
+
+struct ModeVisitor;
+
+impl ModeVisitor {
+    fn parse<E: serde::de::Error>(text: &str) -> Result<Mode, E> {
         let digits = text.trim_start_matches("0o");
         u32::from_str_radix(digits, 8)
             .ok()
             .filter(|m| *m <= 0o7777)
             .map(Mode)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid octal mode `{text}`")))
+            .ok_or_else(|| E::custom(format!("invalid octal mode `{text}`")))
+    }
+}
+
+impl serde::de::Visitor<'_> for ModeVisitor {
+    type Value = Mode;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an octal mode as a quoted string, e.g. mode: \"0600\"")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Mode, E> {
+        Self::parse(v)
+    }
+    // An integer is taken as octal digits (`mode: 755`).
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Mode, E> {
+        Self::parse(&v.to_string())
+    }
+    // The YAML reader turns a leading-zero number such as `0600` into a float, losing
+    // what was written; ask for a string instead of guessing.
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Mode, E> {
+        Err(E::custom(format!(
+            "mode {v} was read as a YAML number; quote it: mode: \"0{v}\""
+        )))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Mode, E> {
+        Err(E::custom(format!(
+            "mode {v} is negative; quote the octal digits, e.g. mode: \"0644\""
+        )))
     }
 }
 
