@@ -10,6 +10,7 @@ pub mod build;
 pub mod cache;
 pub mod debian;
 pub mod digest;
+pub mod export;
 pub mod fetch;
 pub mod janitor;
 pub mod layer;

@@ -54,6 +54,11 @@ enum Command {
     Test(cli::test::TestArgs),
     /// Check the layer cache (verify) or reclaim its space (prune).
     Cache(cli::cache::CacheArgs),
+    /// Write a built variant as a file: OCI archive, rootfs tarball or docker archive.
+    Export {
+        #[command(subcommand)]
+        format: cli::export::ExportCommand,
+    },
 }
 
 #[tokio::main]
@@ -97,5 +102,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Status> {
         Command::Run(args) => cli::run::run(&paths, args),
         Command::Test(args) => cli::test::run(&paths, args),
         Command::Cache(_) => unreachable!("handled above"),
+        Command::Export { format } => cli::export::run(&paths, format).await,
     }
 }

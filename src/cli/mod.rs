@@ -4,6 +4,7 @@
 pub mod build;
 pub mod cache;
 pub mod exit;
+pub mod export;
 pub mod fetch;
 pub mod inspect;
 pub mod lock;

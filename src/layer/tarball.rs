@@ -111,14 +111,21 @@ pub fn write_tar<'a, W: Write>(
     let mut builder = tar::Builder::new(HashingWriter::new(out));
     builder.mode(tar::HeaderMode::Deterministic);
     for e in link_targets_first(entries) {
-        append(&mut builder, e, epoch)?;
+        append_entry(&mut builder, e, epoch, None)?;
     }
     let hw = builder.into_inner()?;
     let (digest, _, _) = hw.finish();
     Ok(digest)
 }
 
-fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, epoch: u64) -> Result<(), TarError> {
+/// Append one entry with a deterministic header; a regular file's bytes come from `stream`
+/// (length, reader) when given, else from its [`Content`].
+pub fn append_entry<W: Write>(
+    b: &mut tar::Builder<W>,
+    e: &Entry,
+    epoch: u64,
+    stream: Option<(u64, &mut dyn Read)>,
+) -> Result<(), TarError> {
     let (dir, name) = match e.path.rsplit_once('/') {
         Some((d, n)) => (Some(d), n),
         None => (None, e.path.as_str()),
@@ -178,13 +185,22 @@ fn append<W: Write>(b: &mut tar::Builder<W>, e: &Entry, epoch: u64) -> Result<()
     if !pax.is_empty() {
         b.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
     }
-    match &e.kind {
-        Kind::File(Content::Bytes(bytes)) => {
+    match (&e.kind, stream) {
+        (Kind::File(_), Some((len, r))) => {
+            h.set_size(len);
+            h.set_cksum();
+            let mut counted = CountingReader { inner: r, n: 0 };
+            b.append(&h, &mut counted)?;
+            if counted.n != len {
+                return Err(TarError::Changed(PathBuf::from(&e.path)));
+            }
+        }
+        (Kind::File(Content::Bytes(bytes)), None) => {
             h.set_size(bytes.len() as u64);
             h.set_cksum();
             b.append(&h, bytes.as_slice())?;
         }
-        Kind::File(Content::Disk(p)) => {
+        (Kind::File(Content::Disk(p)), None) => {
             let f = File::open(p).map_err(|source| TarError::Source {
                 path: p.clone(),
                 source,
@@ -249,12 +265,12 @@ pub fn link_targets_first<'a>(entries: impl Iterator<Item = &'a Entry>) -> Vec<&
     out
 }
 
-struct CountingReader<'a, R> {
+struct CountingReader<'a, R: ?Sized> {
     inner: &'a mut R,
     n: u64,
 }
 
-impl<R: Read> Read for CountingReader<'_, R> {
+impl<R: Read + ?Sized> Read for CountingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.n += n as u64;

@@ -60,7 +60,8 @@ pub fn unpack_checked(
     })
 }
 
-fn decoder(blob: &Path, media_type: &str) -> Result<Box<dyn Read>, RootfsError> {
+/// A reader of a layer blob's uncompressed tar, chosen by media type.
+pub(crate) fn decoder(blob: &Path, media_type: &str) -> Result<Box<dyn Read>, RootfsError> {
     let file = File::open(blob).map_err(io_err(blob))?;
     let file = BufReader::with_capacity(1 << 20, file);
     let mt = media_type.trim();
@@ -222,14 +223,15 @@ fn lchown(path: &Path, uid: u64, gid: u64) -> io::Result<()> {
 
 /// Extended metadata from PAX records: xattrs and numeric overrides.
 #[derive(Default)]
-struct Pax {
-    xattrs: BTreeMap<String, Vec<u8>>,
-    uid: Option<u64>,
-    gid: Option<u64>,
-    mtime: Option<u64>,
+pub(crate) struct Pax {
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+    pub uid: Option<u64>,
+    pub gid: Option<u64>,
+    pub mtime: Option<u64>,
 }
 
-fn pax_of<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Pax> {
+/// Read an entry's PAX records (xattrs, large ids, mtime).
+pub(crate) fn pax_of<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Pax> {
     let mut pax = Pax::default();
     if let Some(exts) = entry.pax_extensions()? {
         for ext in exts {

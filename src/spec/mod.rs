@@ -4,6 +4,7 @@
 
 pub mod check;
 mod error;
+mod rootfs;
 mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,6 +12,7 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 pub use error::{SourcePos, SpecError};
+pub use rootfs::{RootLogin, RootfsPart, RootfsSpec};
 pub use types::*;
 
 use crate::digest::Sha256Digest;
@@ -55,6 +57,8 @@ pub struct Variant {
     pub tags: Vec<String>,
     /// Inherited then own tests.
     pub tests: Vec<TestSpec>,
+    /// `rootfs:` blocks of its layers (bottom first), then of its `from:` chain (root first).
+    pub rootfs: Vec<RootfsPart>,
 }
 
 /// A layer definition.
@@ -196,6 +200,9 @@ fn load_variant_files(dir: &Path) -> Result<BTreeMap<String, (PathBuf, VariantFi
             .to_string_lossy()
             .into_owned();
         let vf: VariantFile = parse_yaml(&path)?;
+        if let Some(r) = &vf.rootfs {
+            rootfs::validate(path.parent().unwrap_or(Path::new(".")), &path, r)?;
+        }
         out.insert(key, (path, vf));
     }
     Ok(out)
@@ -223,6 +230,9 @@ fn load_layers(dir: &Path) -> Result<BTreeMap<String, Layer>, SpecError> {
             .into_owned();
         let spec: LayerFile = parse_yaml(&file)?;
         validate_layer(&d, &file, &spec)?;
+        if let Some(r) = &spec.rootfs {
+            rootfs::validate(&d, &file, r)?;
+        }
         out.insert(
             name.clone(),
             Layer {
@@ -278,6 +288,7 @@ fn resolve_variant(
         config: ImageConfigSpec::default(),
         tags: vec!["latest".to_string()],
         tests: Vec::new(),
+        rootfs: Vec::new(),
     };
     let mut top: Vec<(PathBuf, Spanned<String>)> = Vec::new();
     for k in chain.iter().rev() {
@@ -301,6 +312,7 @@ fn resolve_variant(
             "a variant needs at least one layer (own, inherited with `from:`, or `top_layers:`)",
         ));
     }
+    v.rootfs = rootfs_parts(&v.layers, layers, chain.iter().rev().map(|k| &files[*k]));
     v.name = match &own.name {
         Some(n) => {
             check_image_name(&n.value)
@@ -325,7 +337,33 @@ fn empty_variant_file() -> VariantFile {
         config: None,
         tags: None,
         tests: Vec::new(),
+        rootfs: None,
     }
+}
+
+fn rootfs_parts<'a>(
+    names: &[String],
+    layers: &BTreeMap<String, Layer>,
+    chain: impl Iterator<Item = &'a (PathBuf, VariantFile)>,
+) -> Vec<RootfsPart> {
+    let from_layers = names.iter().filter_map(|n| {
+        let l = &layers[n];
+        let spec = l.spec.rootfs.as_ref()?;
+        Some(RootfsPart {
+            dir: l.dir.clone(),
+            file: l.file.clone(),
+            spec: spec.value.clone(),
+        })
+    });
+    let from_variants = chain.filter_map(|(path, f)| {
+        let spec = f.rootfs.as_ref()?;
+        Some(RootfsPart {
+            dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            file: path.clone(),
+            spec: spec.value.clone(),
+        })
+    });
+    from_layers.chain(from_variants).collect()
 }
 
 fn apply(

@@ -36,6 +36,8 @@ pub struct VariantFile {
     /// Smoke tests run inside the built image.
     #[serde(default)]
     pub tests: Vec<TestSpec>,
+    /// System-container template for `hakim export rootfs` (after the layers' own blocks).
+    pub rootfs: Option<Spanned<super::RootfsSpec>>,
 }
 
 /// Layer compression algorithm and level.
@@ -159,6 +161,10 @@ pub struct LayerFile {
     /// Commands run in a sandbox over the layer's rootfs.
     #[serde(default)]
     pub run: Vec<Spanned<RunSpec>>,
+    /// System-container template for `hakim export rootfs`; not part of the layer's bytes,
+    /// so it is left out of the layer key.
+    #[serde(default, skip_serializing)]
+    pub rootfs: Option<Spanned<super::RootfsSpec>>,
 }
 
 /// `src` (relative to the layer dir) copied to `dest`.

@@ -339,9 +339,7 @@ fn lxc_unprivileged_system_container_reads_env_file() {
 /// and configures an application-style CT: the entrypoint as `lxc.init.cmd` and `env` as
 /// `lxc.environment`. Returns the console log path.
 fn oci_import(ct: &Lxc, env: &[(&str, &str)]) -> PathBuf {
-    for bin in ["skopeo", "umoci", "jq"] {
-        require_bin(bin, bin);
-    }
+    require_bin("skopeo", "skopeo");
     let built = built_base();
     let archive = ct.path.path().join("hakim-base.tar");
     run_ok(
@@ -350,35 +348,7 @@ fn oci_import(ct: &Lxc, env: &[(&str, &str)]) -> PathBuf {
             .arg(format!("oci:{}:{BASE_REF}", built.layout().display()))
             .arg(format!("oci-archive:{}", archive.display())),
     );
-    let console = ct.path.path().join("console.log");
-    let create_conf = ct.path.path().join("create.conf");
-    write_file(
-        &create_conf,
-        &format!(
-            "lxc.net.0.type = empty\nlxc.console.logfile = {}\n",
-            console.display()
-        ),
-        0o644,
-    );
-    run_ok(
-        ct.cmd("lxc-create", 300)
-            .arg("-f")
-            .arg(&create_conf)
-            .args(["-t", "oci", "--", "--no-cache", "--url"])
-            .arg(format!("oci-archive:{}", archive.display())),
-    );
-    let config_path = ct.dir().join("config");
-    let mut config = fs::read_to_string(&config_path).unwrap();
-    assert!(
-        config.contains(&format!("lxc.execute.cmd = '\"{ENTRYPOINT}\" '")),
-        "the OCI template did not take the image entrypoint:\n{config}"
-    );
-    config.push_str(&format!("lxc.init.cmd = {ENTRYPOINT}\n"));
-    for (k, v) in env {
-        config.push_str(&format!("lxc.environment = {k}={v}\n"));
-    }
-    fs::write(&config_path, config).unwrap();
-    console
+    crate::support::image::lxc_create_oci(ct, &archive, ENTRYPOINT, env)
 }
 
 #[test]

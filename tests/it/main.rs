@@ -12,6 +12,7 @@ mod deploy;
 mod entrypoint;
 mod entrypoint_image;
 mod entrypoint_input;
+mod export;
 mod fuzz;
 mod hostile;
 mod interrupt;

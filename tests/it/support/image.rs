@@ -455,3 +455,42 @@ pub fn url_port(url: &str) -> u16 {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("not a 127.0.0.1 URL: {url}"))
 }
+
+/// Creates `ct` from an OCI archive the way Proxmox does (`lxc-create -t oci`), then makes it
+/// an application-style CT: `entrypoint` as `lxc.init.cmd` and `env` as `lxc.environment`.
+/// Returns the console log path.
+pub fn lxc_create_oci(ct: &Lxc, archive: &Path, entrypoint: &str, env: &[(&str, &str)]) -> PathBuf {
+    for bin in ["skopeo", "umoci", "jq"] {
+        require_bin(bin, bin);
+    }
+    let console = ct.path.path().join("console.log");
+    let create_conf = ct.path.path().join("create.conf");
+    fs::write(
+        &create_conf,
+        format!(
+            "lxc.net.0.type = empty\nlxc.console.logfile = {}\n",
+            console.display()
+        ),
+    )
+    .unwrap();
+    // Generous: umoci unpacks the whole image, slowly on a loaded machine.
+    run_ok(
+        ct.cmd("lxc-create", 900)
+            .arg("-f")
+            .arg(&create_conf)
+            .args(["-t", "oci", "--", "--no-cache", "--url"])
+            .arg(format!("oci-archive:{}", archive.display())),
+    );
+    let config_path = ct.dir().join("config");
+    let mut config = fs::read_to_string(&config_path).unwrap();
+    assert!(
+        config.contains(&format!("lxc.execute.cmd = '\"{entrypoint}\" '")),
+        "the OCI template did not take the image entrypoint:\n{config}"
+    );
+    config.push_str(&format!("lxc.init.cmd = {entrypoint}\n"));
+    for (k, v) in env {
+        config.push_str(&format!("lxc.environment = {k}={v}\n"));
+    }
+    fs::write(&config_path, config).unwrap();
+    console
+}
