@@ -134,6 +134,23 @@ fn pve_registry_pull_boots_the_agent_first_time_and_a_new_token_wins_later() {
     first_boot_then_restart_with_a_new_token(&ct, &archive);
 }
 
+#[test]
+fn pve_release_tar_from_hakim_export_boots_the_agent_first_time() {
+    let ct = Lxc::new("hakim-pvex");
+    let built = built_base();
+    let archive = ct.path.path().join("hakim-base_latest.tar");
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_hakim"))
+            .arg("--project")
+            .arg(repo_root())
+            .arg("--out")
+            .arg(built.out.path())
+            .args(["export", "oci-archive", "base", "-o"])
+            .arg(&archive),
+    );
+    first_boot_then_restart_with_a_new_token(&ct, &archive);
+}
+
 /// Imports `archive` as PVE does, with only the agent URL and token as create-time env, and
 /// boots it with a /home/coder mount point: the agent must come up on the first boot; after a
 /// stop, a new token and a start, the new token must win and the home must be intact.
