@@ -218,6 +218,10 @@ async fn build_variant(
 ) -> Result<(VariantReport, Vec<Descriptor>), BuildError> {
     let annotations = standard_annotations(v, git, ctx.opts, tags);
     let mut labels = annotations.clone();
+    labels.insert(
+        oci::devcontainer::LABEL.into(),
+        oci::devcontainer::label(&v.config),
+    );
     labels.extend(v.config.labels.clone());
     let mut annotations = annotations;
     annotations.extend(v.config.annotations.clone());
@@ -225,7 +229,8 @@ async fn build_variant(
     let mut manifests = Vec::new();
     for arch in &v.archs {
         let plan = &plans[&(v.key.clone(), arch.clone())];
-        let layers = assemble_layers(ctx, v, plan).await?;
+        let mut layers = assemble_layers(ctx, v, plan).await?;
+        layers.extend(env_file_layer(ctx.session.store(), v, ctx.opts.epoch)?);
         let (report, descriptor) = write_image(ctx, v, arch, layers, &labels, &annotations)?;
         arch_reports.push(report);
         manifests.push(descriptor);
@@ -271,7 +276,14 @@ fn write_image(
         .map(|(r, rec)| ImageLayer {
             blob: rec.blob.clone(),
             name: r.name.clone(),
-            comment: ctx.project.layer(&r.name).spec.description.clone(),
+            comment: match ctx.project.layers().find(|l| l.name == r.name) {
+                Some(l) => l.spec.description.clone(),
+                None => v
+                    .config
+                    .env_file
+                    .as_ref()
+                    .map(|p| format!("config.env as {p}")),
+            },
         })
         .collect();
     let cas = ctx.session.store().cas();
@@ -454,6 +466,41 @@ fn build_rootfs_layer(
         let _ = std::fs::rename(&built.upper, &dest);
     }
     Ok(rec)
+}
+
+/// Report name of the generated env-file layer (not a `layers/` directory).
+const ENV_FILE_LAYER: &str = "config.env_file";
+
+/// The top layer holding `config.env_file`, when the variant has one. Tiny and derived from
+/// the config alone, so it is written every build (same bytes, same blob).
+fn env_file_layer(
+    store: &LayerStore,
+    v: &Variant,
+    epoch: u64,
+) -> Result<Option<(LayerReport, LayerRecord)>, BuildError> {
+    let Some(path) = &v.config.env_file else {
+        return Ok(None);
+    };
+    let entries = oci::env_file::layer_entries(path, &v.config.env);
+    let blob = tarball::write_layer(entries.iter(), epoch, v.compression, store.cas()).map_err(
+        |source| LayerError::Tar {
+            layer: path.clone(),
+            source,
+        },
+    )?;
+    let report = LayerReport {
+        name: ENV_FILE_LAYER.into(),
+        key: blob.diff_id,
+        digest: blob.digest,
+        diff_id: blob.diff_id,
+        size: blob.size,
+        cached: false,
+    };
+    let rec = LayerRecord {
+        blob,
+        entries: entries.len(),
+    };
+    Ok(Some((report, rec)))
 }
 
 /// Write a layer's entries as a compressed blob and remember it in the layer cache.

@@ -1,6 +1,8 @@
 //! Writing images: configs, manifests and indexes into an OCI layout.
 
 pub mod canonical;
+pub mod devcontainer;
+pub mod env_file;
 pub mod layout;
 pub mod model;
 
@@ -63,7 +65,11 @@ pub fn image_config(
         os: platform.os,
         config: RuntimeConfig {
             user: spec.user.clone(),
-            env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            // Any `Env` key, even empty, makes Proxmox drop the create-time env.
+            env: match spec.env_file {
+                Some(_) => Vec::new(),
+                None => spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            },
             entrypoint: spec.entrypoint.clone(),
             cmd: spec.cmd.clone(),
             volumes: spec.volumes.iter().map(|v| (v.clone(), Empty {})).collect(),

@@ -1,7 +1,6 @@
 //! Built images from an OCI layout as mounted root filesystems, and sandboxes configured the
 //! way the image config says (Env, User, WorkingDir).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -275,7 +274,7 @@ impl MountedImage {
     pub fn sandbox(&self, user: Option<&str>) -> Result<Sandbox, RootfsError> {
         let rc = &self.config.config;
         let mut sb = Sandbox::new(self.root());
-        sb.env = env_map(&rc.env);
+        sb.env = crate::oci::devcontainer::effective_env(rc);
         let spec = user
             .or(rc.user.as_deref())
             .filter(|u| !u.is_empty())
@@ -412,16 +411,6 @@ pub fn default_command(config: &ImageConfig) -> Vec<String> {
         .flatten()
         .chain(rc.cmd.iter().flatten())
         .cloned()
-        .collect()
-}
-
-/// `KEY=value` lines of an image config as a map.
-pub fn env_map(env: &[String]) -> BTreeMap<String, String> {
-    env.iter()
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
-            (k.to_string(), v.to_string())
-        })
         .collect()
 }
 

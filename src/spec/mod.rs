@@ -440,6 +440,8 @@ fn apply(
             .map_err(|(f, m)| SpecError::invalid(SourcePos::at(path, c.referenced), &f, m))?;
         merge_config(&mut v.config, &c.value);
     }
+    check_env(&v.config)
+        .map_err(|(field, m)| SpecError::invalid(SourcePos::file(path), &field, m))?;
     if let Some(tags) = &f.tags {
         if tags.value.is_empty() {
             // An empty list would build an image no ref names: nothing to run, test or push.
@@ -502,7 +504,15 @@ fn merge_config(into: &mut ImageConfigSpec, c: &ImageConfigSpec) {
     macro_rules! take {
         ($($f:ident),*) => { $( if c.$f.is_some() { into.$f = c.$f.clone(); } )* };
     }
-    take!(entrypoint, cmd, workdir, user, stop_signal);
+    take!(
+        entrypoint,
+        cmd,
+        workdir,
+        user,
+        stop_signal,
+        env_file,
+        remote_user
+    );
     into.env.extend(c.env.clone());
     into.labels.extend(c.labels.clone());
     into.annotations.extend(c.annotations.clone());
@@ -511,6 +521,31 @@ fn merge_config(into: &mut ImageConfigSpec, c: &ImageConfigSpec) {
             into.volumes.push(vol.clone());
         }
     }
+}
+
+/// Check the merged `config.env` and `config.env_file`: the env must survive a `KEY=VALUE`
+/// line file that sh reads (names as sh accepts them; values on one line).
+fn check_env(c: &ImageConfigSpec) -> Result<(), (String, String)> {
+    if let Some(p) = &c.env_file {
+        check_image_path(p).map_err(|m| ("config.env_file".to_string(), m))?;
+    }
+    for (k, v) in &c.env {
+        let name_ok = k.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !name_ok {
+            return Err((
+                format!("config.env.{k}"),
+                "a variable name is letters, digits and `_`, not starting with a digit".into(),
+            ));
+        }
+        if v.contains(['\n', '\r', '\0']) {
+            return Err((
+                format!("config.env.{k}"),
+                "the value must not contain a newline or NUL".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Check an image name: lowercase OCI repository path component(s).

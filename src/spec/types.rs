@@ -77,6 +77,11 @@ pub struct ImageConfigSpec {
     /// Volume mount points.
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// In-image file that carries `env` instead of the config's `Env` key, which Proxmox's
+    /// OCI import would let replace the env given at create time.
+    pub env_file: Option<String>,
+    /// The workspace user a devcontainer tool should log in as (`devcontainer.metadata`).
+    pub remote_user: Option<String>,
 }
 
 /// Debian repository settings (used by package layers).

@@ -41,7 +41,7 @@ fn layer_ships_script_unit_and_enablement() {
     for line in [
         "ExecStart=/usr/local/bin/hakim-entrypoint --service",
         "Restart=always",
-        "EnvironmentFile=-/etc/hakim/agent.env",
+        "EnvironmentFile=-/usr/lib/hakim/image.env",
         "WantedBy=multi-user.target",
     ] {
         assert!(unit.lines().any(|l| l == line), "unit lacks {line:?}");
@@ -358,6 +358,11 @@ fn service_reads_credentials_from_pid1_environ() {
 #[test]
 fn service_waits_for_env_file() {
     scenarios::service_waits_for_env_file(&Sandbox::new);
+}
+
+#[test]
+fn new_token_in_the_start_env_wins_over_the_saved_file() {
+    scenarios::new_token_in_the_start_env_wins_over_the_saved_file(&Sandbox::new);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::support::image::{
 };
 use crate::support::{require_bin, run_ok, skopeo_inspect};
 use entrypoint_harness::{
-    LeakScanner, SCRIPT, Sandbox, assert_default_agent, new_token, scenarios, write_file,
+    SCRIPT, Sandbox, agent_report, assert_default_agent, new_token, scenarios, write_file,
 };
 use fake_coder::{FakeCoder, Options, Report};
 use std::fs;
@@ -29,7 +29,6 @@ use std::time::Duration;
 
 const ENTRYPOINT: &str = "/usr/local/bin/hakim-entrypoint";
 const BOOT_WAIT: Duration = Duration::from_secs(120);
-const AGENT_WAIT: Duration = Duration::from_secs(90);
 
 /// A bwrap sandbox over the unpacked image, running the image's own entrypoint.
 fn image_sandbox() -> Sandbox {
@@ -38,25 +37,6 @@ fn image_sandbox() -> Sandbox {
         root.to_path_buf(),
         &root.join(ENTRYPOINT.trim_start_matches('/')),
     )
-}
-
-/// Waits for the agent's start report while scanning all command lines for the token.
-fn agent_report(server: &FakeCoder, token: &str, what: &str, diag: impl Fn() -> String) -> Report {
-    let scanner = LeakScanner::start(token);
-    let report = server.wait_report("start", AGENT_WAIT, || {});
-    let leaks = scanner.finish();
-    let report = report.unwrap_or_else(|| {
-        panic!(
-            "{what}: the agent never reported; requests: {:?}\n{}",
-            server.paths(),
-            diag()
-        )
-    });
-    assert!(
-        leaks.is_empty(),
-        "{what}: token on a command line: {leaks:?}"
-    );
-    report
 }
 
 #[test]
@@ -132,6 +112,7 @@ mod sandbox_on_image {
         connection_refused_is_logged_and_retried,
         system_mode_saves_env_file_and_execs_init,
         service_waits_for_env_file,
+        new_token_in_the_start_env_wins_over_the_saved_file,
         explain_reports_the_decision_without_secrets,
     );
 }
@@ -191,6 +172,8 @@ fn podman_runc_application_mode() {
     let report = agent_report(&server, &token, "podman", logs);
     assert_default_agent(&report, &token, &server.access_url());
     assert_eq!(report["cwd"], "/home/coder");
+    // The image env reaches the agent although the image config has no Env.
+    assert_eq!(report["lang"], "en_US.UTF-8", "{report:?}");
 
     // `podman stop` sends SIGTERM; the entrypoint forwards it and exits with the agent. Had it
     // ignored the signal, podman would SIGKILL it after 20 s: exit code 137, not 0 (below).

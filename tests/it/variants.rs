@@ -115,6 +115,10 @@ fn base_and_tooling_layers_are_shared_by_every_language_variant() {
             l["entrypoint"], tooling["entrypoint"],
             "{v}: entrypoint layer differs"
         );
+        assert_eq!(
+            l["config.env_file"], tooling["config.env_file"],
+            "{v}: the image env layer differs"
+        );
     }
     assert_eq!(layers("base")["base"], tooling["base"]);
 }

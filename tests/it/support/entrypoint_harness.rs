@@ -437,6 +437,31 @@ pub fn expect_agent(run: &Running, server: &FakeCoder, token: &str) -> Report {
     report
 }
 
+/// Waits for the agent's start report while scanning all command lines for the token.
+/// Allows 90 s: real images boot systemd first, on a shared machine.
+pub fn agent_report(
+    server: &FakeCoder,
+    token: &str,
+    what: &str,
+    diag: impl Fn() -> String,
+) -> Report {
+    let scanner = LeakScanner::start(token);
+    let report = server.wait_report("start", Duration::from_secs(90), || {});
+    let leaks = scanner.finish();
+    let report = report.unwrap_or_else(|| {
+        panic!(
+            "{what}: the agent never reported; requests: {:?}\n{}",
+            server.paths(),
+            diag()
+        )
+    });
+    assert!(
+        leaks.is_empty(),
+        "{what}: token on a command line: {leaks:?}"
+    );
+    report
+}
+
 /// What every agent start must look like for the default user.
 pub fn assert_default_agent(report: &Report, token: &str, url: &str) {
     let get = |k: &str| report.get(k).map(String::as_str).unwrap_or("<missing>");
@@ -808,6 +833,54 @@ pub mod scenarios {
             ),
             0o600,
         );
+        let report = expect_agent(&run, &server, &token);
+        assert_default_agent(&report, &token, &server.access_url());
+        assert_log_clean(&run, &token);
+    }
+
+    /// A start with a new token (the provider rewrote the CT env) must not use the token an
+    /// earlier start saved: as PID 1 (system mode) and as the service reading PID 1's env.
+    pub fn new_token_in_the_start_env_wins_over_the_saved_file(new: &dyn Fn() -> Sandbox) {
+        let stale = |sb: &Sandbox, server: &FakeCoder| {
+            write_file(
+                &sb.host("/etc/hakim/agent.env"),
+                &format!(
+                    "CODER_AGENT_URL={}\nCODER_AGENT_TOKEN=old-token-from-the-last-build\n",
+                    server.access_url()
+                ),
+                0o600,
+            );
+        };
+        // System mode: the entrypoint is PID 1 and rewrites the file before init.
+        let server = FakeCoder::start(Options::default());
+        let token = new_token();
+        let mut sb = new();
+        let init = fake_init(&sb, true);
+        let init_target = sb.resolve_inside("/sbin/init");
+        stale(&sb, &server);
+        sb.bind("--ro-bind", &init, &init_target)
+            .env("container", "lxc")
+            .env("CODER_AGENT_URL", &server.access_url())
+            .env("CODER_AGENT_TOKEN", &token);
+        let run = sb.start(&[]);
+        let report = expect_agent(&run, &server, &token);
+        assert_default_agent(&report, &token, &server.access_url());
+        let saved = fs::read_to_string(sb.host("/etc/hakim/agent.env")).unwrap();
+        assert!(
+            saved.contains(&format!("CODER_AGENT_TOKEN={token}")) && !saved.contains("old-token"),
+            "the env file kept the old token"
+        );
+        drop(run);
+        // /sbin/init booted directly: the service prefers PID 1's env to the saved file.
+        let server = FakeCoder::start(Options::default());
+        let token = new_token();
+        let mut sb = new();
+        stale(&sb, &server);
+        let init = fake_init(&sb, false);
+        fs::copy(&init, sb.host("/usr/local/bin/fake-init")).unwrap();
+        sb.env("CODER_AGENT_URL", &server.access_url())
+            .env("CODER_AGENT_TOKEN", &token);
+        let run = sb.spawn(&["/usr/local/bin/fake-init"], None);
         let report = expect_agent(&run, &server, &token);
         assert_default_agent(&report, &token, &server.access_url());
         assert_log_clean(&run, &token);

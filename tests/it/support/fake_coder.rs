@@ -64,6 +64,7 @@ tf=${CODER_AGENT_TOKEN_FILE-}
 	printf 'user=%s\n' "${USER-}"
 	printf 'shell=%s\n' "${SHELL-}"
 	printf 'path=%s\n' "${PATH-}"
+	printf 'lang=%s\n' "${LANG-}"
 	printf 'url=%s\n' "${CODER_AGENT_URL-}"
 	printf 'auth=%s\n' "${CODER_AGENT_AUTH-}"
 	printf 'token=%s\n' "$token"

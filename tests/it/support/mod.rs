@@ -6,6 +6,7 @@ pub mod image;
 pub mod layout;
 pub mod mirror_proxy;
 pub mod proxy;
+pub mod pve;
 pub mod registry;
 pub mod run_cache;
 pub mod skopeo;
