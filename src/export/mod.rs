@@ -171,6 +171,7 @@ pub fn meta_file_name(rootfs: &Path, compression: Compression) -> PathBuf {
 
 /// Make one export.
 pub fn export(req: &ExportRequest<'_>) -> Result<ExportReport, ExportError> {
+    verify_layers(req.image)?;
     let tag = req
         .image
         .reference
@@ -214,6 +215,18 @@ pub fn export(req: &ExportRequest<'_>) -> Result<ExportReport, ExportError> {
         file,
         meta,
     })
+}
+
+/// Check every layer blob against its digest: layout blobs are hardlinks into the cache, and
+/// a corrupt one must fail the export, never become a release file.
+fn verify_layers(image: &ResolvedImage) -> Result<(), ExportError> {
+    for l in &image.layers {
+        crate::cache::verify_file(&l.blob, &l.digest, l.size).map_err(|e| ExportError::Layer {
+            blob: l.blob.clone(),
+            message: format!("{e}; rebuild with `hakim build` (after `hakim cache verify`)"),
+        })?;
+    }
+    Ok(())
 }
 
 /// Write `path` atomically through `body`, then record its checksums.

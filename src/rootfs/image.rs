@@ -24,6 +24,10 @@ pub struct LayerRef {
     pub blob: PathBuf,
     /// Its media type.
     pub media_type: String,
+    /// Digest of the blob as stored.
+    pub digest: Sha256Digest,
+    /// Size of the blob as stored.
+    pub size: u64,
     /// Digest of its uncompressed tar.
     pub diff_id: Sha256Digest,
 }
@@ -185,6 +189,8 @@ pub fn image_for_arch(
         .map(|(l, diff_id)| LayerRef {
             blob: layout.blob_path(&l.digest),
             media_type: l.media_type.clone(),
+            digest: l.digest,
+            size: l.size,
             diff_id: *diff_id,
         })
         .collect();

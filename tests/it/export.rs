@@ -695,3 +695,45 @@ fn whiteouts_flatten_exactly_as_umoci_unpacks() {
     assert_eq!(a.ino(), b.ino(), "hardlink lost");
     assert!(mine["keep/ping"].5.is_some(), "file capability lost");
 }
+
+#[test]
+fn a_corrupt_layer_blob_fails_the_export_and_writes_nothing() {
+    let mut l1 = Layer::new();
+    l1.dir("etc", 0o755, 0);
+    l1.file("etc/os-release", 0o644, 0, "ID=debian\n");
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    fixture_layout(&layout, vec![l1.finish()]);
+    let img = hakim::rootfs::resolve_image(&layout, "fixture", &["fixture:latest".into()], "amd64")
+        .unwrap();
+    // Same size, one byte flipped: only a digest check can tell.
+    let blob = &img.layers[0].blob;
+    let mut bytes = fs::read(blob).unwrap();
+    bytes[100] ^= 0xff;
+    fs::write(blob, &bytes).unwrap();
+    let project = hakim::spec::Project::load(&support::repo_root()).unwrap();
+    let variant = project.variant("base").unwrap();
+    for format in [
+        hakim::export::Format::OciArchive,
+        hakim::export::Format::Rootfs,
+        hakim::export::Format::DockerArchive,
+    ] {
+        let out = tmp.path().join("out.tar");
+        let err = hakim::export::export(&hakim::export::ExportRequest {
+            format,
+            variant,
+            arch: "amd64",
+            layout: &layout,
+            image: &img,
+            dest: hakim::export::Dest::File(out.clone()),
+            compression: hakim::export::Compression::Gzip,
+            lxc_meta: false,
+            epoch: 1_700_000_000,
+        })
+        .expect_err("a corrupt blob must not be exported");
+        let msg = err.to_string();
+        assert!(msg.contains("hakim build"), "{format:?}: {msg}");
+        assert!(!out.exists(), "{format:?} wrote {}", out.display());
+        assert!(!tmp.path().join("sha256sums.txt").exists(), "{format:?}");
+    }
+}
