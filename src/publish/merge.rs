@@ -133,7 +133,7 @@ fn index_bytes(found: &[ArchManifest]) -> Vec<u8> {
         // A build gives the index the same annotations as each of its manifests.
         annotations: found[0].manifest.annotations.clone(),
     };
-    serde_json::to_vec(&index).expect("index serializes")
+    crate::oci::canonical::to_vec(&index)
 }
 
 async fn fetch_arch_manifests(
