@@ -105,6 +105,17 @@ impl MirrorProxy {
             .count()
     }
 
+    /// Paths of the requests seen so far that end with `suffix`, in arrival order.
+    pub fn paths(&self, suffix: &str) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.ends_with(suffix))
+            .cloned()
+            .collect()
+    }
+
     /// Every request seen so far.
     pub fn total(&self) -> usize {
         self.requests.lock().unwrap().len()
