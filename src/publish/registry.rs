@@ -693,12 +693,7 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let bytes = resp.bytes().await.map_err(|e| PublishError::Transport {
-            method: "GET".into(),
-            url: short_url(&req.url),
-            detail: net::error_chain(&e.without_url()),
-            transient: true,
-        })?;
+        let bytes = read_body(&req, resp).await?;
         Ok(Some((media_type, bytes.to_vec())))
     }
 
@@ -712,14 +707,19 @@ impl Registry {
             return Ok(None);
         }
         let resp = self.expect(&req, resp, &[200]).await?;
-        let bytes = resp.bytes().await.map_err(|e| PublishError::Transport {
-            method: "GET".into(),
-            url: short_url(&req.url),
-            detail: net::error_chain(&e.without_url()),
-            transient: true,
-        })?;
+        let bytes = read_body(&req, resp).await?;
         Ok(Some(bytes.to_vec()))
     }
+}
+
+/// A GET response's whole body; a broken transfer is transient, so the caller retries it.
+async fn read_body(req: &Req, resp: reqwest::Response) -> Result<bytes::Bytes> {
+    resp.bytes().await.map_err(|e| PublishError::Transport {
+        method: "GET".into(),
+        url: short_url(&req.url),
+        detail: net::error_chain(&e.without_url()),
+        transient: true,
+    })
 }
 
 #[cfg(test)]
