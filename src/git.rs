@@ -117,7 +117,7 @@ static SEMVER_RE: LazyLock<Regex> = LazyLock::new(|| {
 /// Check `tag` against the OCI distribution tag grammar.
 pub fn validate_tag(tag: &str) -> Result<(), TagError> {
     // Also the OCI layout ref.name grammar: the tag becomes part of `name:tag` there.
-    if TAG_RE.is_match(tag) && crate::spec::check::ref_component(tag, b"._-") {
+    if TAG_RE.is_match(tag) && ref_component(tag, b"._-") {
         return Ok(());
     }
     let reason = if tag.is_empty() {
@@ -258,6 +258,35 @@ pub fn template_matches(template: &str, tag: &str) -> bool {
     pattern.push_str(&regex::escape(rest));
     pattern.push('$');
     Regex::new(&pattern).is_ok_and(|re| re.is_match(tag))
+}
+
+/// Whether `s` fits the OCI image-spec `ref.name` component grammar with separators
+/// from `seps`: alphanumeric runs joined by one separator or `--`. A layout ref that breaks
+/// it (e.g. tag `1._-.q`) is refused by umoci.
+pub fn ref_component(s: &str, seps: &[u8]) -> bool {
+    let b = s.as_bytes();
+    let (Some(first), Some(last)) = (b.first(), b.last()) else {
+        return false;
+    };
+    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
+        return false;
+    }
+    let mut run = 0;
+    for (i, c) in b.iter().enumerate() {
+        if c.is_ascii_alphanumeric() {
+            run = 0;
+            continue;
+        }
+        if !seps.contains(c) {
+            return false;
+        }
+        run += 1;
+        let double_dash = run == 2 && *c == b'-' && b[i - 1] == b'-';
+        if run > 1 && !double_dash {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod export;
 pub mod fetch;
 pub mod fsutil;
 pub mod git;
+pub mod imagetest;
 pub mod janitor;
 pub mod layer;
 pub mod media;

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use hakim::export::{self, Compression, Dest, ExportRequest, Format};
-use hakim::rootfs;
 
 use super::build::build_variants;
 use super::exit::Status;
@@ -116,7 +115,7 @@ pub async fn run(paths: &Paths, cmd: ExportCommand) -> Result<Status> {
     .await?;
     let epoch = source_date_epoch()?;
     let layout = paths.layout();
-    let img = rootfs::find_variant_image(&layout, v, common.tag.as_deref(), &arch)?;
+    let img = hakim::oci::find_variant_image(&layout, v, common.tag.as_deref(), &arch)?;
     let dest = if to_stdout {
         Dest::Stdout
     } else {

@@ -78,7 +78,7 @@ impl Paths {
 /// The requested arch, else this machine's when the variant has it, else its first.
 pub fn pick_arch(v: &hakim::spec::Variant, arch: Option<String>) -> String {
     arch.unwrap_or_else(|| {
-        let host = hakim::rootfs::image::host_arch();
+        let host = hakim::oci::host_arch();
         if v.archs.iter().any(|a| a == host) {
             host.to_string()
         } else {

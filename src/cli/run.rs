@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use hakim::rootfs::{self, MountedImage, RootfsCache, image};
+use hakim::imagetest::{Images, RunRequest};
 
 use super::{Paths, exit::Status, pick_arch};
 
@@ -34,22 +34,15 @@ pub fn run(paths: &Paths, args: RunArgs) -> Result<Status> {
     let project = paths.load()?;
     let v = project.variant(&args.variant)?;
     let arch = pick_arch(v, args.arch);
-    let img = rootfs::find_variant_image(&paths.layout(), v, args.tag.as_deref(), &arch)?;
-    let mounted = MountedImage::mount(&img, &RootfsCache::new(&paths.cache))?;
-    let mut sb = mounted.sandbox(args.user.as_deref())?;
-    sb.network = args.network;
-    let argv = if args.command.is_empty() {
-        image::default_command(mounted.config())
-    } else {
-        args.command
-    };
-    anyhow::ensure!(
-        !argv.is_empty(),
-        "`{}` has no entrypoint or cmd: give a command after `--`",
-        img.reference
-    );
-    let code = rootfs::sandbox::run_foreground(sb.command(&argv)?)?;
-    // Unmount before exiting: process::exit would skip the drop.
-    drop(mounted);
+    let code = Images::new(paths.layout(), &paths.cache).run(
+        v,
+        &arch,
+        RunRequest {
+            tag: args.tag.as_deref(),
+            network: args.network,
+            user: args.user.as_deref(),
+            command: args.command,
+        },
+    )?;
     Ok(Status::from_code(code))
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use hakim::rootfs::{self, RootfsCache, check};
+use hakim::imagetest::{Images, VariantTests};
 
 use super::{Paths, exit::Status, pick_arch, print_json};
 
@@ -28,19 +28,12 @@ pub struct TestArgs {
 /// Test every selected variant; any failed test makes the status a failure.
 pub fn run(paths: &Paths, args: TestArgs) -> Result<Status> {
     let project = paths.load()?;
-    let cache = RootfsCache::new(&paths.cache);
+    let images = Images::new(paths.layout(), &paths.cache);
+    let timeout = std::time::Duration::from_secs(args.timeout);
     let mut results = Vec::new();
     for v in project.select(&args.variants)? {
         let arch = pick_arch(v, args.arch.clone());
-        let img = rootfs::find_variant_image(&paths.layout(), v, None, &arch)?;
-        let r = check::test_variant(
-            &v.key,
-            &arch,
-            &img,
-            &v.tests,
-            &cache,
-            std::time::Duration::from_secs(args.timeout),
-        )?;
+        let r = images.test(v, &arch, timeout)?;
         if !args.json {
             render(&r);
         }
@@ -58,7 +51,7 @@ pub fn run(paths: &Paths, args: TestArgs) -> Result<Status> {
 }
 
 /// Plain per-test lines; a failing test's reasons and output tail go to stderr.
-fn render(r: &check::VariantTests) {
+fn render(r: &VariantTests) {
     println!("{} ({}, {})", r.variant, r.reference, r.arch);
     for t in &r.tests {
         let mark = if t.passed { "ok  " } else { "FAIL" };

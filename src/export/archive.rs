@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use super::{ExportError, io_err};
 use crate::digest::Sha256Digest;
+use crate::oci::ResolvedImage;
 use crate::oci::model::{
     Descriptor, Index, MEDIA_INDEX, MEDIA_MANIFEST, Manifest, Platform, REF_NAME,
 };
-use crate::rootfs::ResolvedImage;
 
 /// Layer media types Proxmox accepts (tar, tar+gzip, tar+zstd; never Docker's).
 const OCI_LAYER_TYPES: [&str; 3] = [

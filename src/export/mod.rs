@@ -20,7 +20,8 @@ pub use compress::Compression;
 pub use output::{ExportedFile, SUMS_FILE};
 
 use crate::layer::tarball::TarError;
-use crate::rootfs::{ResolvedImage, RootfsError};
+use crate::oci::ResolvedImage;
+use crate::rootfs::RootfsError;
 use crate::spec::Variant;
 use compress::Encoder;
 use flatten::{LayerSource, Tree};

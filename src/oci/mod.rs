@@ -1,8 +1,9 @@
-//! Writing images: configs, manifests and indexes into an OCI layout.
+//! Writing images: configs, manifests and indexes into an OCI layout; finding them again.
 
 pub mod canonical;
 pub mod devcontainer;
 pub mod env_file;
+pub mod image;
 pub mod layout;
 pub mod model;
 
@@ -11,6 +12,10 @@ use std::collections::BTreeMap;
 use crate::digest::Sha256Digest;
 use crate::layer::tarball::LayerBlob;
 use crate::spec::ImageConfigSpec;
+pub use image::{
+    ImageError, LayerRef, ResolvedImage, find_variant_image, host_arch, image_for_arch,
+    resolve_image,
+};
 pub use layout::{FoundImage, Layout, LayoutError};
 use model::*;
 

@@ -1,12 +1,11 @@
 //! Real root filesystems from layers: unpack into overlay upper-dir form, mount overlays,
-//! turn an overlay upper dir back into layer entries, and run commands in a sandbox (bubblewrap for
-//! layer builds, unshare + chroot for running images).
+//! and run commands in a sandbox (bubblewrap for layer builds, unshare + chroot for running
+//! images). Mounting a built image for `hakim run`/`test` is the test stage's
+//! ([`crate::imagetest`]); this module knows nothing of layouts.
 //!
 //! Unpacking (ownership, device nodes) and mounting need root; every entry point that does
 //! either checks for it and fails with [`RootfsError::NotRoot`].
 
-pub mod check;
-pub mod image;
 pub mod overlay;
 pub mod sandbox;
 pub mod unpack;
@@ -14,7 +13,6 @@ pub mod unpack;
 use std::io;
 use std::path::PathBuf;
 
-pub use image::{MountedImage, ResolvedImage, find_variant_image, resolve_image};
 pub use overlay::Overlay;
 pub use sandbox::{Backend, Bind, Sandbox, SandboxError};
 pub use unpack::{RootfsCache, unpack_layer};
@@ -51,22 +49,7 @@ pub enum RootfsError {
     /// A required program is missing.
     #[error("`{tool}` not found in PATH: install it with `apt-get install {package}`")]
     MissingTool { tool: String, package: String },
-    /// The image is not in the layout.
-    #[error(
-        "image `{reference}` of variant `{variant}` is not in {layout}: run `hakim build {variant}` first"
-    )]
-    NotBuilt {
-        variant: String,
-        reference: String,
-        layout: PathBuf,
-    },
-    /// Several refs of a variant match its tag templates but name different images.
-    #[error("variant `{variant}` has several builds in the layout ({refs}): pick one with --tag")]
-    Ambiguous { variant: String, refs: String },
-    /// Reading the layout failed.
-    #[error(transparent)]
-    Layout(Box<crate::oci::LayoutError>),
-    /// The layout or an image document is unusable.
+    /// An image file is unusable.
     #[error("{path}: {message}")]
     BadImage { path: PathBuf, message: String },
     /// A user or group does not exist in the image.
@@ -78,12 +61,6 @@ pub enum RootfsError {
     /// A sandbox option the backend cannot honour.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
-}
-
-impl From<crate::oci::LayoutError> for RootfsError {
-    fn from(e: crate::oci::LayoutError) -> Self {
-        Self::Layout(Box::new(e))
-    }
 }
 
 /// Shorthand for an I/O error on a path.

@@ -4,6 +4,8 @@
 
 use super::types::{AccountsSpec, ImageConfigSpec};
 
+pub use crate::git::ref_component;
+
 /// Longest free-text value (descriptions, labels, annotations, comments) accepted, in bytes.
 /// Registries refuse manifests over 4 MiB; a few of these must never get near that.
 pub const MAX_TEXT: usize = 64 * 1024;
@@ -98,35 +100,6 @@ pub fn accounts(acc: &AccountsSpec) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-/// Whether `s` fits the OCI image-spec `ref.name` component grammar with separators
-/// from `seps`: alphanumeric runs joined by one separator or `--`. A layout ref that breaks
-/// it (e.g. tag `1._-.q`) is refused by umoci.
-pub fn ref_component(s: &str, seps: &[u8]) -> bool {
-    let b = s.as_bytes();
-    let (Some(first), Some(last)) = (b.first(), b.last()) else {
-        return false;
-    };
-    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
-        return false;
-    }
-    let mut run = 0;
-    for (i, c) in b.iter().enumerate() {
-        if c.is_ascii_alphanumeric() {
-            run = 0;
-            continue;
-        }
-        if !seps.contains(c) {
-            return false;
-        }
-        run += 1;
-        let double_dash = run == 2 && *c == b'-' && b[i - 1] == b'-';
-        if run > 1 && !double_dash {
-            return false;
-        }
-    }
-    true
 }
 
 /// Signal names a runtime maps to a number (`SIGTERM`, `SIGRTMIN+3`) or a plain number.

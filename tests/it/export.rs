@@ -400,8 +400,8 @@ fn export_fixture(
     compression: hakim::export::Compression,
     lxc_meta: bool,
 ) -> hakim::export::ExportReport {
-    let img = hakim::rootfs::resolve_image(layout, "fixture", &["fixture:latest".into()], "amd64")
-        .unwrap();
+    let img =
+        hakim::oci::resolve_image(layout, "fixture", &["fixture:latest".into()], "amd64").unwrap();
     let project = hakim::spec::Project::load(&support::repo_root()).unwrap();
     let mut variant = project.variant("base").unwrap().clone();
     variant.rootfs.clear();
@@ -704,8 +704,8 @@ fn a_corrupt_layer_blob_fails_the_export_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("layout");
     fixture_layout(&layout, vec![l1.finish()]);
-    let img = hakim::rootfs::resolve_image(&layout, "fixture", &["fixture:latest".into()], "amd64")
-        .unwrap();
+    let img =
+        hakim::oci::resolve_image(&layout, "fixture", &["fixture:latest".into()], "amd64").unwrap();
     // Same size, one byte flipped: only a digest check can tell.
     let blob = &img.layers[0].blob;
     let mut bytes = fs::read(blob).unwrap();

@@ -13,10 +13,8 @@ use hakim::layer::entry::{Content, Entry, Kind};
 use hakim::layer::tarball::{LayerBlob, write_layer};
 use hakim::layer::walk::{Ownership, walk};
 use hakim::oci::model::{Descriptor, REF_NAME};
-use hakim::oci::{ImageLayer, Layout, write_manifest};
-use hakim::rootfs::{
-    Backend, Bind, Overlay, RootfsCache, RootfsError, Sandbox, resolve_image, unpack_layer,
-};
+use hakim::oci::{ImageLayer, Layout, resolve_image, write_manifest};
+use hakim::rootfs::{Backend, Bind, Overlay, RootfsCache, RootfsError, Sandbox, unpack_layer};
 use hakim::spec::{Compression, ImageConfigSpec};
 
 /// A comparable description of a tree: path → (type/content, mode, uid, gid, mtime, xattrs, and

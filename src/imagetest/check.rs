@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::RootfsError;
-use super::image::{MountedImage, ResolvedImage};
-use super::sandbox::exit_code;
-use super::unpack::RootfsCache;
+use super::mount::MountedImage;
+use crate::oci::ResolvedImage;
+use crate::rootfs::sandbox::exit_code;
+use crate::rootfs::{Backend, RootfsCache, RootfsError};
 use crate::spec::TestSpec;
 
 /// How much of a test's stdout/stderr a report keeps (the end of it).
@@ -65,7 +65,7 @@ pub fn test_variant(
     cache: &RootfsCache,
     timeout: Duration,
 ) -> Result<VariantTests, RootfsError> {
-    super::Backend::Container.require()?;
+    Backend::Container.require()?;
     let mut out = Vec::new();
     for t in tests {
         // A fresh upper per test, so one test's writes cannot change another's result.
