@@ -2,10 +2,11 @@
 //!
 //! The pipeline, one module per stage: [`spec`] (variant YAML) → [`debian`] (resolve/lock)
 //! → [`fetch`] (downloads into the [`cache`]) → [`layer`] (assemble and seal layers)
-//! → [`oci`] (image layouts) → [`publish`] (registries and exports); [`session`] owns the shared
-//! state and [`build`] drives the steps. `ARCHITECTURE.md` maps every stage and seam.
+//! → [`oci`] (image layouts) → [`publish`] (registries) and [`export`] (files) → [`imagetest`]
+//! (`hakim run`, `hakim test`); [`session`] owns the shared state and [`build`] drives the
+//! steps. Imports point only that way. `ARCHITECTURE.md` maps every stage and seam.
 //! [`net`] holds the retry policy and timeouts every HTTP client shares; [`rootfs`] mounts
-//! and sandboxes root filesystems for layer builds, `hakim run` and `hakim test`.
+//! and sandboxes root filesystems for layer builds and for the test stage.
 
 pub mod build;
 pub mod cache;
