@@ -237,7 +237,7 @@ async fn build_variant(
     }
     let top = if manifests.len() == 1 {
         let mut d = manifests.pop().expect("one manifest");
-        d.platform = None;
+        d.set_platform(None);
         d
     } else {
         oci::write_index(ctx.layout, manifests, &annotations)?.descriptor
@@ -247,7 +247,9 @@ async fn build_variant(
         .iter()
         .map(|r| {
             let mut d = top.clone();
-            d.annotations.insert(REF_NAME.into(), r.clone());
+            let mut a = d.annotations().clone().unwrap_or_default();
+            a.insert(REF_NAME.into(), r.clone());
+            d.set_annotations(Some(a));
             d
         })
         .collect();
@@ -255,8 +257,8 @@ async fn build_variant(
         variant: v.key.clone(),
         name: v.name.clone(),
         refs,
-        digest: top.digest,
-        media_type: top.media_type.clone(),
+        digest: oci::model::sha256(&top).expect("hakim writes sha256 digests"),
+        media_type: top.media_type().to_string(),
         archs: arch_reports,
     };
     Ok((report, descriptors))
@@ -302,7 +304,7 @@ fn write_image(
     )?;
     let report = ArchReport {
         arch: arch.to_string(),
-        manifest: written.descriptor.digest,
+        manifest: oci::model::sha256(&written.descriptor).expect("hakim writes sha256 digests"),
         config: written.config.expect("manifests have configs"),
         layers: layers.into_iter().map(|(r, _)| r).collect(),
     };

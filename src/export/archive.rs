@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use super::{ExportError, io_err};
 use crate::digest::Sha256Digest;
 use crate::oci::ResolvedImage;
-use crate::oci::model::{
-    Descriptor, Index, MEDIA_INDEX, MEDIA_MANIFEST, Manifest, Platform, REF_NAME,
-};
+use crate::oci::model::{self, Descriptor, Index, MEDIA_MANIFEST, Manifest, MediaType, REF_NAME};
 
 /// Layer media types Proxmox accepts (tar, tar+gzip, tar+zstd; never Docker's).
 const OCI_LAYER_TYPES: [&str; 3] = [
@@ -29,6 +27,10 @@ struct Stored {
 
 fn blob(layout: &Path, d: &Sha256Digest) -> PathBuf {
     layout.join("blobs/sha256").join(d.hex())
+}
+
+fn digest(d: &Descriptor) -> Result<Sha256Digest, ExportError> {
+    model::sha256(d).map_err(|e| ExportError::Image(e.to_string()))
 }
 
 fn read_manifest(layout: &Path, image: &ResolvedImage) -> Result<Stored, ExportError> {
@@ -79,17 +81,18 @@ fn add_blob<W: Write>(
     d: &Descriptor,
     epoch: u64,
 ) -> Result<(), ExportError> {
-    let path = blob(layout, &d.digest);
+    let digest = digest(d)?;
+    let path = blob(layout, &digest);
     let f = File::open(&path).map_err(io_err(&path))?;
     let len = f.metadata().map_err(io_err(&path))?.len();
-    if len != d.size {
+    if len != d.size() {
         return Err(ExportError::Image(format!(
             "{}: {len} bytes, the manifest says {}",
             path.display(),
-            d.size
+            d.size()
         )));
     }
-    let name = format!("blobs/sha256/{}", d.digest.hex());
+    let name = format!("blobs/sha256/{}", digest.hex());
     b.append(&header(&name, len, epoch), f.take(len))
         .map_err(|e| ExportError::Tar(e.into()))
 }
@@ -105,36 +108,33 @@ pub(crate) fn write_oci<W: Write>(
 ) -> Result<W, ExportError> {
     let stored = read_manifest(layout, image)?;
     let m = &stored.manifest;
-    if m.config.media_type != crate::oci::model::MEDIA_CONFIG {
+    if m.config().media_type().as_ref() != model::MEDIA_CONFIG {
         return Err(ExportError::Image(format!(
             "config media type `{}` is not the OCI one; Proxmox would refuse it",
-            m.config.media_type
+            m.config().media_type()
         )));
     }
     if let Some(l) = m
-        .layers
+        .layers()
         .iter()
-        .find(|l| !OCI_LAYER_TYPES.contains(&l.media_type.as_str()))
+        .find(|l| !OCI_LAYER_TYPES.contains(&l.media_type().as_ref()))
     {
         return Err(ExportError::Image(format!(
             "layer {} has media type `{}`; Proxmox takes only {}",
-            l.digest,
-            l.media_type,
+            l.digest(),
+            l.media_type(),
             OCI_LAYER_TYPES.join(", ")
         )));
     }
-    let index = Index {
-        schema_version: 2,
-        media_type: Some(MEDIA_INDEX.into()),
-        manifests: vec![Descriptor {
-            media_type: MEDIA_MANIFEST.into(),
-            digest: stored.digest,
-            size: stored.bytes.len() as u64,
-            platform: Some(Platform::for_debian_arch(arch)),
-            annotations: BTreeMap::from([(REF_NAME.to_string(), tag.to_string())]),
-        }],
-        annotations: BTreeMap::new(),
-    };
+    let mut entry = model::descriptor(MEDIA_MANIFEST, &stored.digest, stored.bytes.len() as u64);
+    entry.set_platform(Some(model::platform_for_debian_arch(arch)));
+    entry.set_annotations(model::annotations(&BTreeMap::from([(
+        REF_NAME.to_string(),
+        tag.to_string(),
+    )])));
+    let mut index = Index::default();
+    index.set_media_type(Some(MediaType::ImageIndex));
+    index.set_manifests(vec![entry]);
     let mut b = tar::Builder::new(out);
     add_bytes(
         &mut b,
@@ -142,7 +142,7 @@ pub(crate) fn write_oci<W: Write>(
         br#"{"imageLayoutVersion":"1.0.0"}"#,
         epoch,
     )?;
-    let index_bytes = serde_json::to_vec(&index).expect("index serializes");
+    let index_bytes = crate::oci::canonical::to_vec(&index);
     add_bytes(&mut b, "index.json", &index_bytes, epoch)?;
     add_bytes(
         &mut b,
@@ -151,8 +151,8 @@ pub(crate) fn write_oci<W: Write>(
         epoch,
     )?;
     let mut seen = std::collections::BTreeSet::new();
-    for d in std::iter::once(&m.config).chain(&m.layers) {
-        if seen.insert(d.digest) {
+    for d in std::iter::once(m.config()).chain(m.layers()) {
+        if seen.insert(digest(d)?) {
             add_blob(&mut b, layout, d, epoch)?;
         }
     }
@@ -170,16 +170,16 @@ pub(crate) fn write_docker<W: Write>(
 ) -> Result<W, ExportError> {
     let stored = read_manifest(layout, image)?;
     let m = &stored.manifest;
-    let path = |d: &Descriptor| format!("blobs/sha256/{}", d.digest.hex());
+    let path = |d: &Descriptor| Ok::<_, ExportError>(format!("blobs/sha256/{}", digest(d)?.hex()));
     let manifest = serde_json::json!([{
-        "Config": path(&m.config),
+        "Config": path(m.config())?,
         "RepoTags": [reference],
-        "Layers": m.layers.iter().map(path).collect::<Vec<_>>(),
+        "Layers": m.layers().iter().map(path).collect::<Result<Vec<_>, _>>()?,
     }]);
     let mut b = tar::Builder::new(out);
     let mut seen = std::collections::BTreeSet::new();
-    for d in std::iter::once(&m.config).chain(&m.layers) {
-        if seen.insert(d.digest) {
+    for d in std::iter::once(m.config()).chain(m.layers()) {
+        if seen.insert(digest(d)?) {
             add_blob(&mut b, layout, d, epoch)?;
         }
     }

@@ -89,11 +89,11 @@ impl MountedImage {
     /// A sandbox with the image's Env, WorkingDir and User (or `user` when given), a tmpfs
     /// /tmp and no network.
     pub fn sandbox(&self, user: Option<&str>) -> Result<Sandbox, RootfsError> {
-        let rc = &self.config.config;
+        let rc = self.config.config().clone().unwrap_or_default();
         let mut sb = Sandbox::new(self.root());
-        sb.env = crate::oci::devcontainer::effective_env(rc);
+        sb.env = crate::oci::devcontainer::effective_env(&rc);
         let spec = user
-            .or(rc.user.as_deref())
+            .or(rc.user().as_deref())
             .filter(|u| !u.is_empty())
             .unwrap_or("0");
         let ids = resolve_user(self.root(), spec)?;
@@ -105,7 +105,7 @@ impl MountedImage {
             .or_insert_with(|| ids.home.clone());
         sb.user = Some((ids.uid, ids.gid));
         sb.groups = ids.groups;
-        sb.cwd = rc.working_dir.clone().filter(|w| !w.is_empty());
+        sb.cwd = rc.working_dir().clone().filter(|w| !w.is_empty());
         sb.tmpfs_tmp = true;
         sb.backend = Backend::Container;
         Ok(sb)
@@ -222,11 +222,13 @@ pub fn resolve_user(root: &Path, spec: &str) -> Result<UserIds, RootfsError> {
 
 /// The image's Entrypoint followed by its Cmd (what `hakim run` runs without a command).
 pub fn default_command(config: &ImageConfig) -> Vec<String> {
-    let rc = &config.config;
-    rc.entrypoint
+    let Some(rc) = config.config() else {
+        return Vec::new();
+    };
+    rc.entrypoint()
         .iter()
         .flatten()
-        .chain(rc.cmd.iter().flatten())
+        .chain(rc.cmd().iter().flatten())
         .cloned()
         .collect()
 }

@@ -14,9 +14,8 @@ pub const LABEL: &str = "devcontainer.metadata";
 /// The image env a runtime applies: the config's `Env`, or, when the config has none, the
 /// label's `containerEnv` (what `config.env_file` images carry in a file instead).
 pub fn effective_env(rc: &RuntimeConfig) -> BTreeMap<String, String> {
-    if !rc.env.is_empty() {
-        return rc
-            .env
+    if let Some(env) = rc.env().as_ref().filter(|e| !e.is_empty()) {
+        return env
             .iter()
             .map(|kv| {
                 let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
@@ -24,8 +23,9 @@ pub fn effective_env(rc: &RuntimeConfig) -> BTreeMap<String, String> {
             })
             .collect();
     }
-    rc.labels
-        .get(LABEL)
+    rc.labels()
+        .as_ref()
+        .and_then(|l| l.get(LABEL))
         .and_then(|v| container_env(v))
         .unwrap_or_default()
 }

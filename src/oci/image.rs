@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::model::{ImageConfig, Platform};
+use super::model::{self, ImageConfig};
 use super::{Layout, LayoutError};
 use crate::digest::Sha256Digest;
 use crate::spec::Variant;
@@ -105,10 +105,14 @@ pub fn variant_ref(
         let Some((first, d)) = hits.first() else {
             continue;
         };
-        if hits.iter().all(|(_, h)| h.digest == d.digest) {
+        if hits.iter().all(|(_, h)| h.digest() == d.digest()) {
             return Ok(first.clone());
         }
-        if let Some((r, _)) = hits.iter().find(|(_, h)| Some(h.digest) == newest) {
+        let newest = newest.map(|n| model::oci_digest(&n));
+        if let Some((r, _)) = hits
+            .iter()
+            .find(|(_, h)| Some(h.digest()) == newest.as_ref())
+        {
             return Ok(r.clone());
         }
         let names: Vec<&str> = hits.iter().map(|(r, _)| r.as_str()).collect();
@@ -190,33 +194,41 @@ pub fn image_for_arch(
     reference: &str,
     arch: &str,
 ) -> Result<ResolvedImage, ImageError> {
-    let found = layout.image(reference, &Platform::for_debian_arch(arch))?;
+    let found = layout.image(reference, &model::platform_for_debian_arch(arch))?;
     let (manifest, config) = (&found.manifest, &found.config);
-    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+    let config_path = layout.blob_path_of(manifest.config())?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
         return Err(ImageError::BadImage {
-            path: layout.blob_path(&manifest.config.digest),
+            path: config_path,
             message: format!(
                 "{} diff_ids for {} layers",
-                config.rootfs.diff_ids.len(),
-                manifest.layers.len()
+                diff_ids.len(),
+                manifest.layers().len()
             ),
         });
     }
     let layers = manifest
-        .layers
+        .layers()
         .iter()
-        .zip(&config.rootfs.diff_ids)
-        .map(|(l, diff_id)| LayerRef {
-            blob: layout.blob_path(&l.digest),
-            media_type: l.media_type.clone(),
-            digest: l.digest,
-            size: l.size,
-            diff_id: *diff_id,
+        .zip(diff_ids)
+        .map(|(l, diff_id)| {
+            let digest = layout.digest_of(l)?;
+            Ok(LayerRef {
+                blob: layout.blob_path(&digest),
+                media_type: l.media_type().to_string(),
+                digest,
+                size: l.size(),
+                diff_id: diff_id.parse().map_err(|e| ImageError::BadImage {
+                    path: config_path.clone(),
+                    message: format!("diff_id: {e}"),
+                })?,
+            })
         })
-        .collect();
+        .collect::<Result<_, ImageError>>()?;
     Ok(ResolvedImage {
         reference: found.reference,
-        manifest: found.descriptor.digest,
+        manifest: layout.digest_of(&found.descriptor)?,
         config: found.config,
         layers,
     })

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use super::canonical;
-use super::model::{Descriptor, ImageConfig, Index, MEDIA_INDEX, MEDIA_MANIFEST, Manifest};
-use super::model::{Platform, REF_NAME};
+use super::model::{
+    self, Descriptor, ImageConfig, Index, MEDIA_INDEX, MEDIA_MANIFEST, Manifest, MediaType,
+};
+use super::model::{Platform, REF_NAME, platform_matches, platform_string};
 use crate::digest::Sha256Digest;
 use crate::fsutil::{self, FileLock, FsError};
 
@@ -150,12 +152,9 @@ impl Layout {
         }
         let blobs = dir.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
-        layout.write_index(&Index {
-            schema_version: 2,
-            media_type: Some(MEDIA_INDEX.into()),
-            manifests: vec![],
-            annotations: Default::default(),
-        })?;
+        let mut empty = Index::default();
+        empty.set_media_type(Some(MediaType::ImageIndex));
+        layout.write_index(&empty)?;
         // The marker last: a half-created layout is an empty directory plus blobs, not a layout.
         fsutil::write_atomic(&dir.join("oci-layout"), MARKER)?;
         Ok(layout)
@@ -225,17 +224,31 @@ impl Layout {
         fs::read(&p).map_err(io_err(&p))
     }
 
+    /// The SHA-256 digest a descriptor names (blobs are stored under no other algorithm).
+    pub fn digest_of(&self, d: &Descriptor) -> Result<Sha256Digest, LayoutError> {
+        model::sha256(d).map_err(|e| LayoutError::Invalid {
+            path: self.dir.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Path of the blob a descriptor names.
+    pub fn blob_path_of(&self, d: &Descriptor) -> Result<PathBuf, LayoutError> {
+        Ok(self.blob_path(&self.digest_of(d)?))
+    }
+
     /// Read the blob a descriptor names, checking its size and digest.
     pub fn read_verified(&self, d: &Descriptor) -> Result<Vec<u8>, LayoutError> {
-        let bytes = self.read_blob(&d.digest)?;
+        let digest = self.digest_of(d)?;
+        let bytes = self.read_blob(&digest)?;
         let actual = Sha256Digest::of(&bytes);
-        if actual != d.digest || bytes.len() as u64 != d.size {
+        if actual != digest || bytes.len() as u64 != d.size() {
             return Err(LayoutError::Corrupt {
                 layout: self.dir.clone(),
-                digest: d.digest,
+                digest,
                 actual,
                 size: bytes.len() as u64,
-                expected_size: d.size,
+                expected_size: d.size(),
             });
         }
         Ok(bytes)
@@ -245,7 +258,7 @@ impl Layout {
     pub fn read_json<T: DeserializeOwned>(&self, d: &Descriptor) -> Result<T, LayoutError> {
         let bytes = self.read_verified(d)?;
         serde_json::from_slice(&bytes).map_err(|e| LayoutError::Invalid {
-            path: self.blob_path(&d.digest),
+            path: self.blob_path_of(d).unwrap_or_else(|_| self.dir.clone()),
             message: e.to_string(),
         })
     }
@@ -272,19 +285,21 @@ impl Layout {
         let _lock = self.lock()?;
         let mut index = self.read_index()?;
         let replaced: Vec<Option<String>> = entries.iter().map(ref_name).collect();
-        index.manifests.retain(|d| {
+        let mut manifests = index.manifests().clone();
+        manifests.retain(|d| {
             let name = ref_name(d);
             name.is_none() || !replaced.contains(&name)
         });
+        let mut annotations = index.annotations().clone().unwrap_or_default();
         for e in &entries {
             if let Some((name, _)) = ref_name(e).as_deref().and_then(|r| r.rsplit_once(':')) {
-                index
-                    .annotations
-                    .insert(format!("{NEWEST}{name}"), e.digest.oci());
+                annotations.insert(format!("{NEWEST}{name}"), e.digest().to_string());
             }
         }
-        index.manifests.extend(entries);
-        index.manifests.sort_by_key(ref_name);
+        manifests.extend(entries);
+        manifests.sort_by_key(ref_name);
+        index.set_manifests(manifests);
+        index.set_annotations((!annotations.is_empty()).then_some(annotations));
         self.write_index(&index)
     }
 
@@ -293,8 +308,9 @@ impl Layout {
     pub fn newest(&self, name: &str) -> Result<Option<Sha256Digest>, LayoutError> {
         Ok(self
             .read_index()?
-            .annotations
-            .get(&format!("{NEWEST}{name}"))
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(&format!("{NEWEST}{name}")))
             .and_then(|d| d.parse().ok()))
     }
 
@@ -302,8 +318,9 @@ impl Layout {
     pub fn refs(&self) -> Result<Vec<(String, Descriptor)>, LayoutError> {
         Ok(self
             .read_index()?
-            .manifests
-            .into_iter()
+            .manifests()
+            .iter()
+            .cloned()
             .filter_map(|d| ref_name(&d).map(|n| (n, d)))
             .collect())
     }
@@ -336,25 +353,26 @@ impl Layout {
     /// The manifest of `reference` for `platform`, through an image index when it is one.
     pub fn image(&self, reference: &str, platform: &Platform) -> Result<FoundImage, LayoutError> {
         let top = self.resolve_ref(reference)?;
-        let descriptor = if top.media_type == MEDIA_INDEX {
+        let descriptor = if top.media_type().as_ref() == MEDIA_INDEX {
             let index: Index = self.read_json(&top)?;
-            let found = index
-                .manifests
-                .iter()
-                .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)));
+            let found = index.manifests().iter().find(|d| {
+                d.platform()
+                    .as_ref()
+                    .is_some_and(|p| platform_matches(platform, p))
+            });
             match found {
                 Some(d) => d.clone(),
                 None => {
                     let available: Vec<String> = index
-                        .manifests
+                        .manifests()
                         .iter()
-                        .filter_map(|d| d.platform.as_ref())
-                        .map(Platform::to_string)
+                        .filter_map(|d| d.platform().as_ref())
+                        .map(platform_string)
                         .collect();
                     return Err(LayoutError::NoPlatform {
                         layout: self.dir.clone(),
                         reference: reference.into(),
-                        platform: platform.to_string(),
+                        platform: platform_string(platform),
                         available: available.join(", "),
                     });
                 }
@@ -362,23 +380,23 @@ impl Layout {
         } else {
             top
         };
-        if descriptor.media_type != MEDIA_MANIFEST {
+        if descriptor.media_type().as_ref() != MEDIA_MANIFEST {
             return Err(LayoutError::Invalid {
-                path: self.blob_path(&descriptor.digest),
+                path: self.blob_path_of(&descriptor)?,
                 message: format!(
                     "`{reference}` has media type `{}`, not an OCI image manifest",
-                    descriptor.media_type
+                    descriptor.media_type()
                 ),
             });
         }
         let manifest: Manifest = self.read_json(&descriptor)?;
-        let config: ImageConfig = self.read_json(&manifest.config)?;
-        if config.architecture != platform.architecture {
+        let config: ImageConfig = self.read_json(manifest.config())?;
+        if config.architecture() != platform.architecture() {
             return Err(LayoutError::NoPlatform {
                 layout: self.dir.clone(),
                 reference: reference.into(),
-                platform: platform.to_string(),
-                available: format!("{}/{}", config.os, config.architecture),
+                platform: platform_string(platform),
+                available: format!("{}/{}", config.os(), config.architecture()),
             });
         }
         Ok(FoundImage {
@@ -405,7 +423,7 @@ fn keep_existing(src: &Path, dest: &Path, d: &Sha256Digest) -> bool {
 }
 
 fn ref_name(d: &Descriptor) -> Option<String> {
-    d.annotations.get(REF_NAME).cloned()
+    model::annotation(d, REF_NAME).map(str::to_string)
 }
 
 #[cfg(test)]
@@ -415,13 +433,12 @@ mod tests {
 
     fn entry(layout: &Layout, name: &str, body: &[u8]) -> Descriptor {
         let digest = layout.put_blob_bytes(body).unwrap();
-        Descriptor {
-            media_type: MEDIA_MANIFEST.into(),
-            digest,
-            size: body.len() as u64,
-            platform: None,
-            annotations: BTreeMap::from([(REF_NAME.to_string(), name.to_string())]),
-        }
+        let mut d = model::descriptor(MEDIA_MANIFEST, &digest, body.len() as u64);
+        d.set_annotations(model::annotations(&BTreeMap::from([(
+            REF_NAME.to_string(),
+            name.to_string(),
+        )])));
+        d
     }
 
     #[test]
@@ -442,11 +459,11 @@ mod tests {
         let names: Vec<String> = l.refs().unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["a:latest", "a:sha-1", "a:sha-2", "b:latest"]);
         assert_eq!(
-            l.resolve_ref("a:latest").unwrap().digest,
+            model::sha256(&l.resolve_ref("a:latest").unwrap()).unwrap(),
             Sha256Digest::of(b"3")
         );
         assert_eq!(
-            l.resolve_ref("a:sha-1").unwrap().digest,
+            model::sha256(&l.resolve_ref("a:sha-1").unwrap()).unwrap(),
             Sha256Digest::of(b"1")
         );
         assert_eq!(l.newest("a").unwrap(), Some(Sha256Digest::of(b"3")));
@@ -471,7 +488,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = Layout::open_or_create(dir.path()).unwrap();
         let d = entry(&l, "x:1", b"{}");
-        fs::write(l.blob_path(&d.digest), b"{ }").unwrap();
+        fs::write(l.blob_path_of(&d).unwrap(), b"{ }").unwrap();
         let e = l.read_verified(&d).unwrap_err().to_string();
         assert!(e.contains("corrupt"), "{e}");
         let empty = tempfile::tempdir().unwrap();

@@ -61,40 +61,43 @@ pub fn image_config(
     labels: &BTreeMap<String, String>,
     epoch: u64,
 ) -> ImageConfig {
-    let platform = Platform::for_debian_arch(arch);
+    let platform = platform_for_debian_arch(arch);
     let created = rfc3339(epoch);
-    ImageConfig {
-        created: created.clone(),
-        architecture: platform.architecture,
-        variant: platform.variant,
-        os: platform.os,
-        config: RuntimeConfig {
-            user: spec.user.clone(),
-            // Any `Env` key, even empty, makes Proxmox drop the create-time env.
-            env: match spec.env_file {
-                Some(_) => Vec::new(),
-                None => spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            },
-            entrypoint: spec.entrypoint.clone(),
-            cmd: spec.cmd.clone(),
-            volumes: spec.volumes.iter().map(|v| (v.clone(), Empty {})).collect(),
-            working_dir: spec.workdir.clone(),
-            labels: labels.clone(),
-            stop_signal: spec.stop_signal.clone(),
-        },
-        rootfs: RootFs {
-            kind: "layers".into(),
-            diff_ids: layers.iter().map(|l| l.blob.diff_id).collect(),
-        },
-        history: layers
-            .iter()
-            .map(|l| History {
-                created: created.clone(),
-                created_by: format!("hakim layer {}", l.name),
-                comment: l.comment.clone(),
-            })
-            .collect(),
-    }
+    let mut rc = RuntimeConfig::default();
+    rc.set_user(spec.user.clone());
+    // Any `Env` key, even empty, makes Proxmox drop the create-time env.
+    let env: Vec<String> = match spec.env_file {
+        Some(_) => Vec::new(),
+        None => spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+    };
+    rc.set_env((!env.is_empty()).then_some(env));
+    rc.set_entrypoint(spec.entrypoint.clone());
+    rc.set_cmd(spec.cmd.clone());
+    rc.set_volumes((!spec.volumes.is_empty()).then(|| spec.volumes.clone()));
+    rc.set_working_dir(spec.workdir.clone());
+    rc.set_labels(model::annotations(labels));
+    rc.set_stop_signal(spec.stop_signal.clone());
+    let mut rootfs = RootFs::default();
+    rootfs.set_diff_ids(layers.iter().map(|l| l.blob.diff_id.oci()).collect());
+    let history = layers
+        .iter()
+        .map(|l| {
+            let mut h = History::default();
+            h.set_created(Some(created.clone()));
+            h.set_created_by(Some(format!("hakim layer {}", l.name)));
+            h.set_comment(l.comment.clone());
+            h
+        })
+        .collect();
+    let mut config = ImageConfig::default();
+    config.set_created(Some(created));
+    config.set_architecture(platform.architecture().clone());
+    config.set_variant(platform.variant().clone());
+    config.set_os(platform.os().clone());
+    config.set_config(Some(rc));
+    config.set_rootfs(rootfs);
+    config.set_history(Some(history));
+    config
 }
 
 /// A written manifest (or index) with its descriptor.
@@ -120,39 +123,22 @@ pub fn write_manifest(
     let config_bytes = canonical::to_vec(&config);
     check_document_size("config", &config_bytes)?;
     let config_digest = layout.put_blob_bytes(&config_bytes)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(MEDIA_MANIFEST.into()),
-        config: Descriptor {
-            media_type: MEDIA_CONFIG.into(),
-            digest: config_digest,
-            size: config_bytes.len() as u64,
-            platform: None,
-            annotations: BTreeMap::new(),
-        },
-        layers: layers
-            .iter()
-            .map(|l| Descriptor {
-                media_type: l.blob.media_type.clone(),
-                digest: l.blob.digest,
-                size: l.blob.size,
-                platform: None,
-                annotations: BTreeMap::new(),
-            })
-            .collect(),
-        annotations: annotations.clone(),
-    };
+    let layers = layers
+        .iter()
+        .map(|l| model::descriptor(&l.blob.media_type, &l.blob.digest, l.blob.size))
+        .collect::<Vec<_>>();
+    let mut manifest = model::manifest(
+        model::descriptor(MEDIA_CONFIG, &config_digest, config_bytes.len() as u64),
+        layers,
+    );
+    manifest.set_annotations(model::annotations(annotations));
     let bytes = canonical::to_vec(&manifest);
     check_document_size("manifest", &bytes)?;
     let digest = layout.put_blob_bytes(&bytes)?;
+    let mut descriptor = model::descriptor(MEDIA_MANIFEST, &digest, bytes.len() as u64);
+    descriptor.set_platform(Some(platform_for_debian_arch(arch)));
     Ok(Written {
-        descriptor: Descriptor {
-            media_type: MEDIA_MANIFEST.into(),
-            digest,
-            size: bytes.len() as u64,
-            platform: Some(Platform::for_debian_arch(arch)),
-            annotations: BTreeMap::new(),
-        },
+        descriptor,
         config: Some(config_digest),
     })
 }
@@ -163,23 +149,95 @@ pub fn write_index(
     manifests: Vec<Descriptor>,
     annotations: &BTreeMap<String, String>,
 ) -> Result<Written, LayoutError> {
-    let index = Index {
-        schema_version: 2,
-        media_type: Some(MEDIA_INDEX.into()),
-        manifests,
-        annotations: annotations.clone(),
-    };
+    let mut index = Index::default();
+    index.set_media_type(Some(MediaType::ImageIndex));
+    index.set_manifests(manifests);
+    index.set_annotations(model::annotations(annotations));
     let bytes = canonical::to_vec(&index);
     check_document_size("index", &bytes)?;
     let digest = layout.put_blob_bytes(&bytes)?;
     Ok(Written {
-        descriptor: Descriptor {
-            media_type: MEDIA_INDEX.into(),
-            digest,
-            size: bytes.len() as u64,
-            platform: None,
-            annotations: BTreeMap::new(),
-        },
+        descriptor: model::descriptor(MEDIA_INDEX, &digest, bytes.len() as u64),
         config: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::tarball::LayerBlob;
+
+    fn layers() -> Vec<ImageLayer> {
+        vec![ImageLayer {
+            blob: LayerBlob {
+                digest: Sha256Digest::of(b"blob"),
+                diff_id: Sha256Digest::of(b"tar"),
+                size: 4,
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            },
+            name: "files".into(),
+            comment: Some("Plain files".into()),
+        }]
+    }
+
+    fn spec() -> ImageConfigSpec {
+        ImageConfigSpec {
+            entrypoint: Some(vec!["/bin/hello".into()]),
+            cmd: Some(vec!["--greet".into()]),
+            env: BTreeMap::from([("LANG".into(), "C.UTF-8".into()), ("A".into(), "1".into())]),
+            workdir: Some("/home/coder".into()),
+            user: Some("coder".into()),
+            stop_signal: Some("SIGTERM".into()),
+            volumes: vec!["/home/coder".into(), "/data".into()],
+            ..Default::default()
+        }
+    }
+
+    fn many(prefix: &str) -> BTreeMap<String, String> {
+        (0..40)
+            .map(|i| (format!("{prefix}.{i}"), i.to_string()))
+            .collect()
+    }
+
+    // The bytes the hand-written structs wrote before hakim used the oci-spec types (a build of
+    // tests/fixtures/basic gives identical blobs with both): a field oci-spec adds, drops or
+    // renames would change every image digest, so it must fail here first.
+    #[test]
+    fn config_bytes_are_the_ones_hakim_always_wrote() {
+        let labels = BTreeMap::from([("com.example".to_string(), "yes".to_string())]);
+        let config = image_config("arm64", &layers(), &spec(), &labels, 0);
+        assert_eq!(
+            String::from_utf8(canonical::to_vec(&config)).unwrap(),
+            r#"{"architecture":"arm64","config":{"Cmd":["--greet"],"Entrypoint":["/bin/hello"],"Env":["A=1","LANG=C.UTF-8"],"Labels":{"com.example":"yes"},"StopSignal":"SIGTERM","User":"coder","Volumes":{"/data":{},"/home/coder":{}},"WorkingDir":"/home/coder"},"created":"1970-01-01T00:00:00Z","history":[{"comment":"Plain files","created":"1970-01-01T00:00:00Z","created_by":"hakim layer files"}],"os":"linux","rootfs":{"diff_ids":["sha256:90aebae315675cbf04612de4f7d5874850f48e0b8dd82becbeaa47ca93f5ebfb"],"type":"layers"},"variant":"v8"}"#
+        );
+    }
+
+    // oci-spec keeps labels and annotations in HashMaps, whose order differs between two maps
+    // even in one process: the documents must not.
+    #[test]
+    fn documents_do_not_depend_on_map_order() {
+        let write = || {
+            let dir = tempfile::tempdir().unwrap();
+            let layout = Layout::open_or_create(dir.path()).unwrap();
+            let m = write_manifest(
+                &layout,
+                "amd64",
+                &layers(),
+                &spec(),
+                &many("label"),
+                &many("annotation"),
+                0,
+            )
+            .unwrap();
+            let i = write_index(&layout, vec![m.descriptor.clone()], &many("index")).unwrap();
+            (
+                model::sha256(&m.descriptor).unwrap(),
+                model::sha256(&i.descriptor).unwrap(),
+            )
+        };
+        let first = write();
+        for _ in 0..5 {
+            assert_eq!(write(), first);
+        }
+    }
 }

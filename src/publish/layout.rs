@@ -22,13 +22,14 @@ pub(crate) struct Descriptor {
     pub platform: Option<String>,
 }
 
-impl From<&model::Descriptor> for Descriptor {
-    fn from(d: &model::Descriptor) -> Self {
+impl Descriptor {
+    /// The layout's descriptor, whose digest the layout has already checked is SHA-256.
+    fn new(d: &model::Descriptor, digest: Sha256Digest) -> Self {
         Self {
-            media_type: d.media_type.clone(),
-            digest: d.digest,
-            size: d.size,
-            platform: d.platform.as_ref().map(ToString::to_string),
+            media_type: d.media_type().to_string(),
+            digest,
+            size: d.size(),
+            platform: d.platform().as_ref().map(model::platform_string),
         }
     }
 }
@@ -120,25 +121,26 @@ impl Walk<'_> {
                 format!("image indexes nested deeper than {MAX_DEPTH}"),
             ));
         }
-        if !self.seen_docs.insert(desc.digest) {
+        let digest = self.layout.digest_of(desc)?;
+        if !self.seen_docs.insert(digest) {
             return Ok(());
         }
         let bytes = self.layout.read_verified(desc)?;
         let parse_err = |what: &str, e: serde_json::Error| {
-            layout_err(self.layout, format!("{what} {}: {e}", desc.digest))
+            layout_err(self.layout, format!("{what} {digest}: {e}"))
         };
-        match desc.media_type.as_str() {
+        match desc.media_type().as_ref() {
             MEDIA_INDEX => {
                 let index: Index =
                     serde_json::from_slice(&bytes).map_err(|e| parse_err("image index", e))?;
-                for child in &index.manifests {
+                for child in index.manifests() {
                     self.doc(child, depth + 1)?;
                 }
             }
             MEDIA_MANIFEST => {
                 let m: Manifest =
                     serde_json::from_slice(&bytes).map_err(|e| parse_err("image manifest", e))?;
-                for blob in std::iter::once(&m.config).chain(&m.layers) {
+                for blob in std::iter::once(m.config()).chain(m.layers()) {
                     self.blob(blob)?;
                 }
             }
@@ -146,14 +148,13 @@ impl Walk<'_> {
                 return Err(layout_err(
                     self.layout,
                     format!(
-                        "{} has media type `{other}`; only OCI image manifests and indexes are pushed",
-                        desc.digest
+                        "{digest} has media type `{other}`; only OCI image manifests and indexes are pushed"
                     ),
                 ));
             }
         }
         self.plan.manifests.push(ManifestDoc {
-            desc: desc.into(),
+            desc: Descriptor::new(desc, digest),
             bytes,
         });
         Ok(())
@@ -161,13 +162,14 @@ impl Walk<'_> {
 
     /// Every blob is verified before a push, so a corrupt cache never reaches a registry.
     fn blob(&mut self, blob: &model::Descriptor) -> Result<()> {
-        if !self.seen_blobs.insert(blob.digest) {
+        let digest = self.layout.digest_of(blob)?;
+        if !self.seen_blobs.insert(digest) {
             return Ok(());
         }
-        let path = self.layout.blob_path(&blob.digest);
-        crate::cache::verify_file(&path, &blob.digest, blob.size)
+        let path = self.layout.blob_path(&digest);
+        crate::cache::verify_file(&path, &digest, blob.size())
             .map_err(|e| layout_err(self.layout, e.to_string()))?;
-        self.plan.blobs.push(blob.into());
+        self.plan.blobs.push(Descriptor::new(blob, digest));
         Ok(())
     }
 }

@@ -9,7 +9,10 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use crate::digest::Sha256Digest;
-use crate::oci::model::{Descriptor, Index, MEDIA_INDEX, MEDIA_MANIFEST, Manifest, Platform};
+use crate::oci::model::{
+    self, Index, MEDIA_INDEX, MEDIA_MANIFEST, Manifest, MediaType, Platform,
+    platform_for_debian_arch, platform_string,
+};
 
 use super::error::{PublishError, Result};
 use super::registry::Registry;
@@ -59,7 +62,7 @@ impl Publisher {
                 digest: Sha256Digest::of(&a.bytes),
                 media_type: MEDIA_MANIFEST.into(),
                 size: a.bytes.len() as u64,
-                platform: Some(platform_string(&Platform::for_debian_arch(&a.arch))),
+                platform: Some(platform_string(&platform_for_debian_arch(&a.arch))),
             })
             .collect();
         let (media_type, root) = if let [only] = found.as_slice() {
@@ -108,31 +111,29 @@ impl Publisher {
     }
 }
 
-fn platform_string(p: &Platform) -> String {
-    match &p.variant {
-        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-        None => format!("{}/{}", p.os, p.architecture),
-    }
-}
-
 /// The index over `found`, serialized as `oci::write_index` does for a local build.
 fn index_bytes(found: &[ArchManifest]) -> Vec<u8> {
-    let index = Index {
-        schema_version: 2,
-        media_type: Some(MEDIA_INDEX.into()),
-        manifests: found
+    let mut index = Index::default();
+    index.set_media_type(Some(MediaType::ImageIndex));
+    index.set_manifests(
+        found
             .iter()
-            .map(|a| Descriptor {
-                media_type: MEDIA_MANIFEST.into(),
-                digest: Sha256Digest::of(&a.bytes),
-                size: a.bytes.len() as u64,
-                platform: Some(Platform::for_debian_arch(&a.arch)),
-                annotations: Default::default(),
+            .map(|a| {
+                let digest = Sha256Digest::of(&a.bytes);
+                let mut d = model::descriptor(MEDIA_MANIFEST, &digest, a.bytes.len() as u64);
+                d.set_platform(Some(platform_for_debian_arch(&a.arch)));
+                d
             })
             .collect(),
-        // A build gives the index the same annotations as each of its manifests.
-        annotations: found[0].manifest.annotations.clone(),
-    };
+    );
+    // A build gives the index the same annotations as each of its manifests.
+    index.set_annotations(
+        found[0]
+            .manifest
+            .annotations()
+            .clone()
+            .filter(|a| !a.is_empty()),
+    );
     crate::oci::canonical::to_vec(&index)
 }
 
@@ -197,7 +198,12 @@ async fn check_platform(
     manifest: &Manifest,
     arch: &str,
 ) -> Result<Option<String>> {
-    let digest = manifest.config.digest;
+    let Ok(digest) = model::sha256(manifest.config()) else {
+        return Ok(Some(format!(
+            "config digest {} is not sha256",
+            manifest.config().digest()
+        )));
+    };
     let config = reg
         .with_retry(&format!("GET config {digest} of {repo}"), || {
             reg.get_blob(repo, &digest)
@@ -214,12 +220,11 @@ async fn check_platform(
     let Ok(p) = serde_json::from_slice::<ConfigPlatform>(&config) else {
         return Ok(Some(format!("config blob {digest} has no platform")));
     };
-    let want = Platform::for_debian_arch(arch);
-    let got = Platform {
-        architecture: p.architecture,
-        os: p.os,
-        variant: p.variant,
-    };
+    let want = platform_for_debian_arch(arch);
+    let mut got = Platform::default();
+    got.set_architecture(p.architecture.as_str().into());
+    got.set_os(p.os.as_str().into());
+    got.set_variant(p.variant);
     Ok((got != want).then(|| {
         format!(
             "image is {}, expected {} for arch {arch}",

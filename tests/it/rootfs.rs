@@ -476,8 +476,8 @@ fn upper_dir_diffs_become_whiteouts_and_opaque_dirs_that_umoci_applies() {
     )
     .unwrap();
     let mut d: Descriptor = written.descriptor;
-    d.platform = None;
-    d.annotations.insert(REF_NAME.into(), "diff:latest".into());
+    d.set_platform(None);
+    d.set_annotations(Some([(REF_NAME.into(), "diff:latest".into())].into()));
     layout.set_refs(vec![d]).unwrap();
     let rootfs = umoci_unpack(layout.dir(), "diff:latest", &work.path().join("bundle"));
     let mut seen: Vec<String> = walk(&rootfs, "", Ownership::Keep)
