@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{ExportError, io_err};
 use crate::digest::Sha256Digest;
-use crate::oci::ResolvedImage;
 use crate::oci::model::{self, Descriptor, Index, MEDIA_MANIFEST, Manifest, MediaType, REF_NAME};
+use crate::oci::{Layout, ResolvedImage};
 
 /// Layer media types Proxmox accepts (tar, tar+gzip, tar+zstd; never Docker's).
 const OCI_LAYER_TYPES: [&str; 3] = [
@@ -25,16 +25,17 @@ struct Stored {
     digest: Sha256Digest,
 }
 
-fn blob(layout: &Path, d: &Sha256Digest) -> PathBuf {
-    layout.join("blobs/sha256").join(d.hex())
+// The export reads the layout the same way every command does: through oci::Layout.
+fn open(layout: &Path) -> Result<Layout, ExportError> {
+    Layout::open(layout).map_err(|e| ExportError::Image(e.to_string()))
 }
 
 fn digest(d: &Descriptor) -> Result<Sha256Digest, ExportError> {
     model::sha256(d).map_err(|e| ExportError::Image(e.to_string()))
 }
 
-fn read_manifest(layout: &Path, image: &ResolvedImage) -> Result<Stored, ExportError> {
-    let path = blob(layout, &image.manifest);
+fn read_manifest(layout: &Layout, image: &ResolvedImage) -> Result<Stored, ExportError> {
+    let path = layout.blob_path(&image.manifest);
     let bytes = std::fs::read(&path).map_err(io_err(&path))?;
     if Sha256Digest::of(&bytes) != image.manifest {
         return Err(ExportError::Image(format!(
@@ -77,12 +78,12 @@ fn add_bytes<W: Write>(
 
 fn add_blob<W: Write>(
     b: &mut tar::Builder<W>,
-    layout: &Path,
+    layout: &Layout,
     d: &Descriptor,
     epoch: u64,
 ) -> Result<(), ExportError> {
     let digest = digest(d)?;
-    let path = blob(layout, &digest);
+    let path = layout.blob_path(&digest);
     let f = File::open(&path).map_err(io_err(&path))?;
     let len = f.metadata().map_err(io_err(&path))?.len();
     if len != d.size() {
@@ -106,6 +107,7 @@ pub(crate) fn write_oci<W: Write>(
     epoch: u64,
     out: W,
 ) -> Result<W, ExportError> {
+    let layout = &open(layout)?;
     let stored = read_manifest(layout, image)?;
     let m = &stored.manifest;
     if m.config().media_type().as_ref() != model::MEDIA_CONFIG {
@@ -168,6 +170,7 @@ pub(crate) fn write_docker<W: Write>(
     epoch: u64,
     out: W,
 ) -> Result<W, ExportError> {
+    let layout = &open(layout)?;
     let stored = read_manifest(layout, image)?;
     let m = &stored.manifest;
     let path = |d: &Descriptor| Ok::<_, ExportError>(format!("blobs/sha256/{}", digest(d)?.hex()));
