@@ -1,7 +1,7 @@
 //! Real root filesystems from layers: unpack into overlay upper-dir form, mount overlays,
 //! and run commands in a sandbox (bubblewrap for layer builds, unshare + chroot for running
 //! images). Mounting a built image for `hakim run`/`test` is the test stage's
-//! ([`crate::imagetest`]); this module knows nothing of layouts.
+//! (`imagetest`); this module knows nothing of layouts.
 //!
 //! Unpacking (ownership, device nodes) and mounting need root; every entry point that does
 //! either checks for it and fails with [`RootfsError::NotRoot`].
