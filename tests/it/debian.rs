@@ -226,3 +226,132 @@ fn tampered_inrelease_is_refused() {
     );
     assert!(!s.project().join("hakim.lock").exists());
 }
+
+#[test]
+fn snapshot_pins_every_request_to_the_timestamp() {
+    // A snapshot service on 127.0.0.1 (the counting front, answering the snapshot layout from
+    // the configured mirrors): every request must carry the variant's timestamp.
+    let front = crate::support::mirror_proxy::MirrorProxy::start();
+    let s = Scratch::fixture("debian");
+    let pin = |ts: &str| {
+        s.write(
+            "variants/anchor.yaml",
+            &s.read("variants/anchor.yaml")
+                .replace(
+                    "  components: [main]\n",
+                    &format!("  components: [main]\n  snapshot: \"{ts}\"\n"),
+                )
+                .lines()
+                .filter(|l| !l.contains("snapshot:") || l.contains(ts))
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        )
+    };
+    let hakim = || {
+        let mut c = s.hakim();
+        // Only the snapshot service is configured; a mirror from the environment must not leak in.
+        c.env_remove("HAKIM_DEBIAN_MIRROR")
+            .env_remove("HAKIM_DEBIAN_SECURITY_MIRROR")
+            .env("HAKIM_DEBIAN_SNAPSHOT_MIRROR", front.snapshot_service());
+        c
+    };
+    let ts = "20251101T000000Z";
+    pin(ts);
+    run_ok(hakim().args(["lock", "anchor"]));
+    let seen = front.paths("");
+    let mut inreleases: Vec<&str> = seen
+        .iter()
+        .map(String::as_str)
+        .filter(|p| p.ends_with("/InRelease"))
+        .collect();
+    inreleases.sort_unstable();
+    assert_eq!(
+        inreleases,
+        [
+            format!("/archive/debian-security/{ts}/dists/trixie-security/InRelease"),
+            format!("/archive/debian/{ts}/dists/trixie-updates/InRelease"),
+            format!("/archive/debian/{ts}/dists/trixie/InRelease"),
+        ],
+        "all requests: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|p| p.starts_with(&format!("/archive/debian/{ts}/"))
+                || p.starts_with(&format!("/archive/debian-security/{ts}/"))),
+        "a request left the snapshot: {seen:?}"
+    );
+    let lock = lock_json(&s);
+    for suite in ["trixie", "trixie-updates", "trixie-security"] {
+        assert!(
+            lock["suites"][suite]["inrelease_sha256"].is_string(),
+            "{suite} missing from the lock: {}",
+            lock["suites"]
+        );
+    }
+    let base = names(&lock, "anchor@amd64");
+    assert!(base.contains("bash") && base.contains("curl"), "{base:?}");
+
+    // The .debs come from the snapshot too.
+    front.clear();
+    run_ok(hakim().args(["fetch", "anchor"]));
+    let debs = front.paths(".deb");
+    assert!(!debs.is_empty(), "fetch downloaded nothing");
+    assert!(
+        debs.iter()
+            .all(|p| p.starts_with(&format!("/archive/debian/{ts}/pool/"))
+                || p.starts_with(&format!("/archive/debian-security/{ts}/pool/"))),
+        "a .deb came from outside the snapshot: {debs:?}"
+    );
+
+    // Moving the snapshot is a new request: the lock is resolved against the new timestamp.
+    let later = "20251201T000000Z";
+    pin(later);
+    front.clear();
+    run_ok(hakim().args(["lock", "anchor"]));
+    let relocked = lock_json(&s);
+    assert_ne!(
+        relocked["layers"]["anchor@amd64"]["request"], lock["layers"]["anchor@amd64"]["request"],
+        "the lock entry was kept although the snapshot moved"
+    );
+    let seen = front.paths("/InRelease");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen.iter().all(|p| p.contains(&format!("/{later}/dists/"))),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn image_apt_sources_use_image_mirror_over_the_build_mirror() {
+    use hakim::debian::packages::image_apt_sources;
+    use hakim::spec::DebianSettings;
+    let bases: std::collections::BTreeMap<String, String> = [
+        ("trixie", "http://127.0.0.1:1/build-archive"),
+        ("trixie-updates", "http://127.0.0.1:1/build-archive"),
+        ("trixie-security", "http://127.0.0.1:1/build-security"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut settings = DebianSettings {
+        suite: Some("trixie".into()),
+        ..DebianSettings::default()
+    };
+    // By default the image keeps the mirrors the build used.
+    let text = image_apt_sources(&settings, &bases).unwrap();
+    assert!(
+        text.contains("URIs: http://127.0.0.1:1/build-archive\nSuites: trixie trixie-updates\n")
+            && text.contains("URIs: http://127.0.0.1:1/build-security\nSuites: trixie-security\n"),
+        "{text}"
+    );
+    // image_mirror / image_security_mirror replace them in the image only.
+    settings.image_mirror = Some("http://apt.invalid/debian".into());
+    settings.image_security_mirror = Some("http://apt.invalid/debian-security".into());
+    let text = image_apt_sources(&settings, &bases).unwrap();
+    assert!(
+        text.contains("URIs: http://apt.invalid/debian\nSuites: trixie trixie-updates\n")
+            && text.contains("URIs: http://apt.invalid/debian-security\nSuites: trixie-security\n")
+            && !text.contains("build-"),
+        "{text}"
+    );
+}

@@ -13,6 +13,8 @@ use hakim::debian::repo::{self, HostContext, RepoError, RepoSpec};
 use hakim::debian::sources::{self, MirrorConfig};
 use hakim::fetch::{FetchError, FetchItem, FetchOptions, Fetcher};
 
+use crate::support::mirror_proxy::MirrorProxy;
+
 /// A CAS shared by these tests so the large indexes are downloaded once per target dir.
 fn shared_cas() -> Cas {
     Cas::open(Path::new(env!("CARGO_TARGET_TMPDIR")).join("hakim-debian-repo-cas")).unwrap()
@@ -118,16 +120,35 @@ async fn loads_real_trixie_with_updates_and_security() {
         "trixie-security main/amd64 is empty"
     );
 
-    // Indexes are now reused from the CAS: a second load only re-reads the three InRelease files.
+    // Indexes are now reused from the CAS: a second load, counted at a front of the same
+    // mirrors, only re-reads the three InRelease files.
+    let front = MirrorProxy::start();
+    let [(_, archive), (_, security)] = front.env();
+    let via_front = MirrorConfig {
+        mirror: Some(archive),
+        security_mirror: Some(security),
+        ..MirrorConfig::default()
+    };
     let again = fetcher(cas.clone(), false);
-    repo::load(&spec("trixie", MirrorConfig::default(), true, true), &again)
+    let idx2 = repo::load(&spec("trixie", via_front, true, true), &again)
         .await
         .unwrap();
-    assert_eq!(again.stats().requests, 3);
+    let mut seen = front.paths("");
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "/archive/dists/trixie-updates/InRelease",
+            "/archive/dists/trixie/InRelease",
+            "/security/dists/trixie-security/InRelease",
+        ],
+        "a warm load must fetch only the InRelease files"
+    );
 
-    // And they are available offline by their Release digests.
+    // And they are available offline by their Release digests: nothing reaches the front.
+    front.clear();
     let off = fetcher(cas, true);
-    for s in &idx.suites {
+    for s in &idx2.suites {
         let pf = &s.packages[0];
         let item = FetchItem {
             url: format!("{}/dists/{}/{}", s.base_url, s.suite, pf.path),
@@ -137,7 +158,7 @@ async fn loads_real_trixie_with_updates_and_security() {
         };
         off.fetch(item).await.unwrap();
     }
-    assert_eq!(off.stats().requests, 0);
+    assert_eq!(front.total(), 0, "offline fetches went to the network");
 }
 
 /// A 127.0.0.1 server with fixed answers per path (404 otherwise); counts and records requests.

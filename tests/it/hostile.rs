@@ -371,8 +371,20 @@ fn cached_layer_blobs(s: &Scratch) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Rebuild, then hakim's `cached` flag per layer. The flags are hakim's word; the evidence that
+/// nothing corrupt was reused is read from disk: every cached layer blob (and so every layer
+/// in the layout, which skopeo checks) hashes to its name again.
 fn cached_flags(s: &Scratch) -> Vec<bool> {
     let out = run_ok(s.hakim().args(["build", "base", "--json"]));
+    for b in cached_layer_blobs(s) {
+        let name = b.file_name().unwrap().to_string_lossy().into_owned();
+        let bytes = fs::read(&b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
+        assert_eq!(
+            hakim::digest::Sha256Digest::of(&bytes).hex(),
+            name,
+            "the cache kept a corrupt layer blob"
+        );
+    }
     let v = json(&out);
     v["variants"][0]["archs"][0]["layers"]
         .as_array()

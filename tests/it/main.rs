@@ -23,6 +23,7 @@ mod parity;
 mod publish_ci;
 mod push;
 mod push_cli;
+mod push_netns;
 mod pve;
 mod rootfs;
 mod run;

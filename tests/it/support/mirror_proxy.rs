@@ -1,6 +1,7 @@
 //! A counting HTTP front for the configured Debian mirrors on 127.0.0.1: `/archive/...` and
 //! `/security/...` are fetched from the real mirrors and every request path is recorded, so tests
-//! count requests where they arrive instead of trusting hakim's own report.
+//! count requests where they arrive instead of trusting hakim's own report. It also answers a
+//! snapshot service's paths (`/archive/debian[-security]/<timestamp>/...`) from the same mirrors.
 
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +25,18 @@ pub fn mirrors() -> (String, String) {
         .url
         .clone();
     (m.archive[0].url.clone(), security)
+}
+
+/// The rest of `path` after `prefix` and a snapshot timestamp, e.g. `/archive/debian/`
+/// `20250520T000000Z` `/dists/...`: the layout of a Debian snapshot service, served here from
+/// today's mirrors (the tests count what is asked for, not what the archive held then).
+fn snapshot_path<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    let (ts, rest) = rest.split_at_checked(16)?;
+    let b = ts.as_bytes();
+    let is_ts =
+        b[8] == b'T' && b[15] == b'Z' && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit);
+    (is_ts && rest.starts_with('/')).then_some(rest)
 }
 
 /// The running front; stops when dropped.
@@ -53,7 +66,11 @@ impl MirrorProxy {
             for req in s.incoming_requests() {
                 let path = req.url().to_string();
                 r.lock().unwrap().push(path.clone());
-                let upstream = if let Some(p) = path.strip_prefix("/archive") {
+                let upstream = if let Some(p) = snapshot_path(&path, "/archive/debian-security/") {
+                    Some(format!("{security}{p}"))
+                } else if let Some(p) = snapshot_path(&path, "/archive/debian/") {
+                    Some(format!("{archive}{p}"))
+                } else if let Some(p) = path.strip_prefix("/archive") {
                     Some(format!("{archive}{p}"))
                 } else {
                     path.strip_prefix("/security")
@@ -93,6 +110,11 @@ impl MirrorProxy {
                 format!("http://127.0.0.1:{}/security", self.port),
             ),
         ]
+    }
+
+    /// Base URL of this front seen as a snapshot service (`<url>/archive/debian/<timestamp>`).
+    pub fn snapshot_service(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Requests seen so far whose path ends with `suffix` (e.g. `.deb`).

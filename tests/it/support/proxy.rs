@@ -122,6 +122,12 @@ impl Proxy {
         )
     }
 
+    /// A logging proxy listening on `bind` (e.g. a test address inside a network namespace),
+    /// optionally playing the bearer token service.
+    pub fn listening_on(bind: &str, upstream: SocketAddr, bearer: Option<BearerMock>) -> Self {
+        Self::build_on(bind, upstream, Vec::new(), None, bearer, None)
+    }
+
     fn build(
         upstream: SocketAddr,
         faults: Vec<Fault>,
@@ -138,7 +144,19 @@ impl Proxy {
         bearer: Option<BearerMock>,
         drop_nth: Option<(String, usize)>,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::build_on("127.0.0.1:0", upstream, faults, die_after, bearer, drop_nth)
+    }
+
+    fn build_on(
+        bind: &str,
+        upstream: SocketAddr,
+        faults: Vec<Fault>,
+        die_after: Option<DiePredicate>,
+        bearer: Option<BearerMock>,
+        drop_nth: Option<(String, usize)>,
+    ) -> Self {
+        let listener = TcpListener::bind(bind)
+            .unwrap_or_else(|e| panic!("proxy cannot listen on {bind}: {e}"));
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             upstream,
@@ -165,7 +183,7 @@ impl Proxy {
         Self { addr, state }
     }
 
-    /// `127.0.0.1:PORT` of the proxy.
+    /// `ADDRESS:PORT` of the proxy.
     pub fn host(&self) -> String {
         self.addr.to_string()
     }
@@ -375,9 +393,13 @@ fn serve(st: &State, req: &Request, path: &str, query: &str) -> Option<Vec<u8>> 
                 .and_then(|p| p.split("/blobs/").next())
                 .and_then(|p| p.split("/manifests/").next())
                 .unwrap_or("");
+            // Like GHCR, the token service lives on the host the client asked for.
+            let host = req
+                .header("host")
+                .map(String::from)
+                .unwrap_or_else(|| st.addr.to_string());
             let challenge = format!(
-                r#"Bearer realm="http://{}/token",service="mock-ghcr",scope="repository:{repo}:pull,push""#,
-                st.addr
+                r#"Bearer realm="http://{host}/token",service="mock-ghcr",scope="repository:{repo}:pull,push""#
             );
             return Some(response(
                 401,
