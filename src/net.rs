@@ -7,8 +7,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt as _;
-
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 /// Environment variable (and `--http-timeout` flag) naming the stall timeout in seconds.
@@ -75,23 +73,22 @@ impl NetOptions {
     pub async fn send_body(
         &self,
         rb: reqwest::RequestBuilder,
-        body: Vec<u8>,
+        body: bytes::Bytes,
     ) -> Result<reqwest::Response, SendError> {
         // When the client last took a piece (or found there was none left).
         let last = Arc::new(Mutex::new(Instant::now()));
         let mark = last.clone();
-        let pieces: Vec<Option<Vec<u8>>> = body
-            .chunks(UPLOAD_PIECE)
-            .map(|p| Some(p.to_vec()))
-            .chain(std::iter::once(None))
-            .collect();
-        let stream = futures::stream::iter(pieces)
-            .map(move |piece| {
-                *mark.lock().expect("upload clock") = Instant::now();
-                piece
-            })
-            .take_while(|piece| std::future::ready(piece.is_some()))
-            .map(|piece| Ok::<_, std::io::Error>(piece.unwrap_or_default()));
+        // Pieces are zero-copy slices, cut only as the client asks for them: a blob is never
+        // copied, and the stall clock still ticks with the client's progress.
+        let len = body.len();
+        let stream = futures::stream::unfold(0usize, move |offset| {
+            *mark.lock().expect("upload clock") = Instant::now();
+            let piece = (offset < len).then(|| {
+                let end = (offset + UPLOAD_PIECE).min(len);
+                (Ok::<_, std::io::Error>(body.slice(offset..end)), end)
+            });
+            std::future::ready(piece)
+        });
         let watchdog = async {
             loop {
                 let idle = last.lock().expect("upload clock").elapsed();
@@ -109,7 +106,9 @@ impl NetOptions {
 }
 
 /// Bytes handed to the HTTP client at a time; its requests for more are the upload's progress.
-const UPLOAD_PIECE: usize = 64 * 1024;
+/// Big enough that per-piece overhead vanishes on loopback, small enough that a piece takes
+/// well under the stall timeout on a slow uplink.
+const UPLOAD_PIECE: usize = 1 << 20;
 
 /// Why [`NetOptions::send_body`] failed.
 #[derive(Debug, thiserror::Error)]

@@ -125,6 +125,7 @@ pub struct Session {
     lock_path: PathBuf,
     original_lock: Option<LockFile>,
     lock: LockFile,
+    local_inputs: layer::LocalInputsMemo,
 }
 
 impl Session {
@@ -153,6 +154,7 @@ impl Session {
             lock_path,
             original_lock,
             lock,
+            local_inputs: layer::LocalInputsMemo::default(),
         })
     }
 
@@ -195,15 +197,7 @@ impl Session {
     ) -> Result<ArchPlan, PipelineError> {
         let bases = self.resolver.suite_bases(&v.debian, arch)?;
         let apt_sources = packages::image_apt_sources(&v.debian, &bases);
-        let layers = layer_keys(
-            project,
-            v,
-            arch,
-            &self.store,
-            self.opts.epoch,
-            locked,
-            apt_sources.as_deref(),
-        )?;
+        let layers = self.layer_keys(project, v, arch, locked, apt_sources.as_deref())?;
         Ok(ArchPlan {
             arch: arch.to_string(),
             layers,
@@ -283,40 +277,47 @@ impl Session {
         self.lock.write(&self.lock_path)?;
         Ok(true)
     }
-}
 
-/// Compute the keys of a variant's layers for one arch and look them up in the cache.
-///
-/// `locked` maps a layer's position to its locked packages, which are part of its key.
-pub fn layer_keys(
-    project: &Project,
-    variant: &Variant,
-    arch: &str,
-    store: &LayerStore,
-    epoch: u64,
-    locked: &BTreeMap<usize, LockedLayer>,
-    apt_sources: Option<&str>,
-) -> Result<Vec<PlannedLayer>, PipelineError> {
-    let mut parent: Option<Sha256Digest> = None;
-    let mut out = Vec::new();
-    for (i, name) in variant.layers.iter().enumerate() {
-        let l = project.layer(name);
-        let extra = match locked.get(&i) {
-            Some(entry) => serde_json::json!({
-                "bootstrap": entry.bootstrap,
-                "apt_sources": if entry.bootstrap { apt_sources } else { None },
-                "packages": entry.packages.iter().map(|p| (&p.name, &p.version, &p.architecture, p.sha256)).collect::<Vec<_>>(),
-            }),
-            None => serde_json::Value::Null,
-        };
-        let key = layer::layer_key(l, arch, variant.compression, epoch, parent.as_ref(), &extra)?;
-        out.push(PlannedLayer {
-            name: name.clone(),
-            key,
-            cached: store.get(&key),
-            packages: locked.get(&i).cloned(),
-        });
-        parent = Some(key);
+    /// Compute the keys of a variant's layers for one arch and look them up in the cache.
+    ///
+    /// `locked` maps a layer's position to its locked packages, which are part of its key.
+    fn layer_keys(
+        &self,
+        project: &Project,
+        variant: &Variant,
+        arch: &str,
+        locked: &BTreeMap<usize, LockedLayer>,
+        apt_sources: Option<&str>,
+    ) -> Result<Vec<PlannedLayer>, PipelineError> {
+        let mut parent: Option<Sha256Digest> = None;
+        let mut out = Vec::new();
+        for (i, name) in variant.layers.iter().enumerate() {
+            let l = project.layer(name);
+            let extra = match locked.get(&i) {
+                Some(entry) => serde_json::json!({
+                    "bootstrap": entry.bootstrap,
+                    "apt_sources": if entry.bootstrap { apt_sources } else { None },
+                    "packages": entry.packages.iter().map(|p| (&p.name, &p.version, &p.architecture, p.sha256)).collect::<Vec<_>>(),
+                }),
+                None => serde_json::Value::Null,
+            };
+            let key = layer::layer_key(
+                l,
+                arch,
+                variant.compression,
+                self.opts.epoch,
+                parent.as_ref(),
+                &extra,
+                &self.local_inputs,
+            )?;
+            out.push(PlannedLayer {
+                name: name.clone(),
+                key,
+                cached: self.store.get(&key),
+                packages: locked.get(&i).cloned(),
+            });
+            parent = Some(key);
+        }
+        Ok(out)
     }
-    Ok(out)
 }

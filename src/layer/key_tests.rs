@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::{Layer, code_hash, key_with_code, layer_key};
+use super::{Layer, LocalInputsMemo, code_hash, key_with_code, layer_key};
 use crate::digest::Sha256Digest;
 use crate::spec::{Compression, LayerFile};
 
@@ -59,7 +59,16 @@ fn same_inputs_give_the_same_key_and_the_public_key_uses_the_compiled_in_code_ha
     std::fs::write(d.path().join("rootfs/etc/x"), "one").unwrap();
     let l = layer_in(d.path(), YAML);
     assert_eq!(key(&l, &base()), key(&l, &base()));
-    let public = layer_key(&l, "amd64", Compression::Gzip, 0, None, &base().extra).unwrap();
+    let public = layer_key(
+        &l,
+        "amd64",
+        Compression::Gzip,
+        0,
+        None,
+        &base().extra,
+        &LocalInputsMemo::default(),
+    )
+    .unwrap();
     let with_code = key(
         &l,
         &Inputs {

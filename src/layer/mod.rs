@@ -13,8 +13,9 @@ pub mod store;
 pub mod tarball;
 pub mod walk;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -167,10 +168,41 @@ pub fn layer_key(
     epoch: u64,
     parent: Option<&Sha256Digest>,
     extra: &serde_json::Value,
+    memo: &LocalInputsMemo,
 ) -> Result<Sha256Digest, LayerError> {
-    key_with_code(LAYER_CODE, layer, arch, compression, epoch, parent, extra)
+    let local = memo.get(layer)?;
+    Ok(key_of(
+        LAYER_CODE,
+        layer,
+        arch,
+        compression,
+        epoch,
+        parent,
+        extra,
+        &local,
+    ))
 }
 
+/// Each layer's local inputs (files hashed) once per command, however many variants and
+/// arches share the layer: a shared base with big local files is otherwise re-read per use.
+#[derive(Debug, Default)]
+pub struct LocalInputsMemo(Mutex<HashMap<PathBuf, Arc<serde_json::Value>>>);
+
+impl LocalInputsMemo {
+    fn get(&self, layer: &Layer) -> Result<Arc<serde_json::Value>, LayerError> {
+        if let Some(v) = self.0.lock().expect("memo").get(&layer.dir) {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(serde_json::to_value(local_inputs(layer)?).expect("inputs serialize"));
+        self.0
+            .lock()
+            .expect("memo")
+            .insert(layer.dir.clone(), v.clone());
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
 fn key_with_code(
     code: &str,
     layer: &Layer,
@@ -180,6 +212,30 @@ fn key_with_code(
     parent: Option<&Sha256Digest>,
     extra: &serde_json::Value,
 ) -> Result<Sha256Digest, LayerError> {
+    let local = serde_json::to_value(local_inputs(layer)?).expect("inputs serialize");
+    Ok(key_of(
+        code,
+        layer,
+        arch,
+        compression,
+        epoch,
+        parent,
+        extra,
+        &local,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)] // every argument is a key input
+fn key_of(
+    code: &str,
+    layer: &Layer,
+    arch: &str,
+    compression: Compression,
+    epoch: u64,
+    parent: Option<&Sha256Digest>,
+    extra: &serde_json::Value,
+    local: &serde_json::Value,
+) -> Sha256Digest {
     let archives: Vec<Option<Sha256Digest>> = layer
         .spec
         .archives
@@ -194,13 +250,11 @@ fn key_with_code(
         "compression": compression,
         "epoch": epoch,
         "spec": &layer.spec,
-        "local": local_inputs(layer)?,
+        "local": local,
         "archives": archives,
         "extra": extra,
     });
-    Ok(Sha256Digest::of(
-        &serde_json::to_vec(&key).expect("key serializes"),
-    ))
+    Sha256Digest::of(&serde_json::to_vec(&key).expect("key serializes"))
 }
 
 /// Inputs for assembling one layer that does not need a root filesystem.

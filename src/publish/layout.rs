@@ -2,6 +2,7 @@
 //! all the reading.
 
 use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use crate::digest::Sha256Digest;
 use crate::oci::model::{self, Index, MEDIA_INDEX, MEDIA_MANIFEST, Manifest};
@@ -90,10 +91,25 @@ fn layout_err(layout: &Layout, detail: impl Into<String>) -> PublishError {
     }
 }
 
+/// Blobs already hashed by this process: images of one push share their big layers, which
+/// are verified once instead of once per image.
+pub(crate) type VerifiedBlobs = Arc<Mutex<HashSet<Sha256Digest>>>;
+
 /// Plan the push of the image `source_ref` (`name:tag`, or just the bare ref.name) from `layout`.
+#[cfg(test)]
 pub(crate) fn plan(layout: &Layout, source_ref: &str) -> Result<PushPlan> {
+    plan_with(layout, source_ref, &VerifiedBlobs::default())
+}
+
+/// [`plan`], skipping the hash of blobs in `verified` and adding the ones it hashes.
+pub(crate) fn plan_with(
+    layout: &Layout,
+    source_ref: &str,
+    verified: &VerifiedBlobs,
+) -> Result<PushPlan> {
     let root = layout.resolve_ref(source_ref)?;
     let mut walk = Walk {
+        verified,
         layout,
         plan: PushPlan {
             blobs: Vec::new(),
@@ -107,6 +123,7 @@ pub(crate) fn plan(layout: &Layout, source_ref: &str) -> Result<PushPlan> {
 }
 
 struct Walk<'a> {
+    verified: &'a VerifiedBlobs,
     layout: &'a Layout,
     plan: PushPlan,
     seen_blobs: HashSet<Sha256Digest>,
@@ -166,9 +183,13 @@ impl Walk<'_> {
         if !self.seen_blobs.insert(digest) {
             return Ok(());
         }
-        let path = self.layout.blob_path(&digest);
-        crate::cache::verify_file(&path, &digest, blob.size())
-            .map_err(|e| layout_err(self.layout, e.to_string()))?;
+        let known = self.verified.lock().expect("verified").contains(&digest);
+        if !known {
+            let path = self.layout.blob_path(&digest);
+            crate::cache::verify_file(&path, &digest, blob.size())
+                .map_err(|e| layout_err(self.layout, e.to_string()))?;
+            self.verified.lock().expect("verified").insert(digest);
+        }
         self.plan.blobs.push(Descriptor::new(blob, digest));
         Ok(())
     }

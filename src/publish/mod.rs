@@ -31,7 +31,6 @@ pub use locations::BlobLocations;
 pub use merge::arch_tag;
 pub use tags::step_summary;
 
-use layout::plan;
 use registry::{BlobOutcome, Registry};
 
 /// GHCR refuses chunks above 4 MiB.
@@ -227,6 +226,7 @@ pub struct Publisher {
     /// One lock per (host, blob): pushes of sibling images running at once send a shared blob
     /// once, and the others mount it from the repository that got it.
     blob_locks: BlobLocks,
+    verified: layout::VerifiedBlobs,
 }
 
 type BlobLocks = Mutex<HashMap<(String, Sha256Digest), Arc<tokio::sync::Mutex<()>>>>;
@@ -242,6 +242,7 @@ impl Publisher {
             hints: Mutex::new(HashMap::new()),
             memory,
             blob_locks: Mutex::new(HashMap::new()),
+            verified: layout::VerifiedBlobs::default(),
         }
     }
 
@@ -435,9 +436,10 @@ impl Publisher {
         }
         let dir = layout_dir.to_path_buf();
         let src = source_ref.to_string();
+        let verified = self.verified.clone();
         let (layout, plan) = tokio::task::spawn_blocking(move || {
             let layout = crate::oci::Layout::open(&dir)?;
-            let plan = plan(&layout, &src)?;
+            let plan = layout::plan_with(&layout, &src, &verified)?;
             Ok::<_, PublishError>((layout, plan))
         })
         .await

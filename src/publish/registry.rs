@@ -323,7 +323,7 @@ impl Registry {
         match &req.body {
             Some(b) => {
                 let rb = rb.header(header::CONTENT_LENGTH, b.len());
-                return match self.net.send_body(rb, b.to_vec()).await {
+                return match self.net.send_body(rb, b.clone()).await {
                     Ok(resp) => Ok(resp),
                     Err(net::SendError::Http(e)) => Err(http(e)),
                     Err(e @ net::SendError::UploadStalled(_)) => {
