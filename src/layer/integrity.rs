@@ -79,7 +79,7 @@ pub fn check_reuse(
 
 /// The blob hashes to its digest and its uncompressed content to the layer's diff_id
 /// (which catches a record pointing at another, intact blob).
-fn content_ok(store: &LayerStore, rec: &LayerRecord) -> Result<(), String> {
+pub(super) fn content_ok(store: &LayerStore, rec: &LayerRecord) -> Result<(), String> {
     digest_ok(store, &rec.blob)?;
     let path = store.cas().path(&rec.blob.digest);
     let diff_id = uncompressed_digest(&path, &rec.blob.media_type)

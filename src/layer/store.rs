@@ -137,6 +137,21 @@ impl LayerStore {
         Ok(())
     }
 
+    /// Remember a layer built elsewhere (a registry cache) whose blob is already in the blob
+    /// store, once the blob hashes to the record's digest and uncompresses to its diff_id.
+    pub fn adopt(
+        &self,
+        key: &Sha256Digest,
+        rec: &LayerRecord,
+        index: &[(String, Meta)],
+    ) -> Result<(), StoreError> {
+        super::integrity::content_ok(self, rec).map_err(|message| StoreError::Corrupt {
+            path: self.cas().path(&rec.blob.digest),
+            message,
+        })?;
+        self.put(key, rec, index)
+    }
+
     /// The entry index of a cached layer.
     pub fn index(&self, key: &Sha256Digest) -> Result<Vec<(String, Meta)>, StoreError> {
         let path = self.index_path(key);

@@ -76,6 +76,9 @@ pub enum PublishError {
         expected: Sha256Digest,
         got: String,
     },
+    /// A local file the push reads or writes failed (e.g. the blob store under the cache dir).
+    #[error("{path}: {detail}")]
+    Local { path: PathBuf, detail: String },
     /// Reading a credential source failed.
     #[error("credentials for registry {registry}: {detail}")]
     Credentials { registry: String, detail: String },

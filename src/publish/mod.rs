@@ -5,6 +5,7 @@
 //! failed push never moves a tag.
 
 mod auth;
+pub mod cache;
 mod error;
 pub(crate) mod layout;
 mod locations;
@@ -366,8 +367,8 @@ impl Publisher {
         &self,
         reg: &Registry,
         target: &Target,
-        layout: &crate::oci::Layout,
         b: &layout::Descriptor,
+        path: &Path,
     ) -> Result<(BlobOutcome, Option<String>)> {
         let repo = target.repository.as_str();
         let lock = self
@@ -401,10 +402,9 @@ impl Publisher {
                 Err(e) => return Err(e),
             }
         }
-        let path = layout.blob_path(&b.digest);
         let outcome = reg
             .with_retry(&format!("push blob {} to {repo}", b.digest), || {
-                reg.push_blob(repo, &b.digest, b.size, &path)
+                reg.push_blob(repo, &b.digest, b.size, path)
             })
             .await?;
         Ok((outcome, None))
@@ -456,7 +456,8 @@ impl Publisher {
                 let reg = reg.clone();
                 let target = &target;
                 async move {
-                    let outcome = self.push_blob(&reg, target, layout, &b).await?;
+                    let path = layout.blob_path(&b.digest);
+                    let outcome = self.push_blob(&reg, target, &b, &path).await?;
                     self.remember(target, b.digest);
                     Ok::<_, PublishError>(outcome)
                 }

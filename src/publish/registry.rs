@@ -712,6 +712,40 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Stream the blob `digest` of `repo` into `out`: false when the registry has no such
+    /// blob. Large blobs (layers) never sit in memory; the caller verifies the digest.
+    pub async fn download_blob(
+        &self,
+        repo: &str,
+        digest: &Sha256Digest,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<bool> {
+        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
+        let req = Req::new(Method::GET, url, vec![push_scope(repo)]);
+        let resp = self.send(repo, &req).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        let mut resp = self.expect(&req, resp, &[200]).await?;
+        let broken = |detail: String| PublishError::Transport {
+            method: "GET".into(),
+            url: short_url(&req.url),
+            detail,
+            transient: true,
+        };
+        loop {
+            let chunk = tokio::time::timeout(self.net.stall_timeout, resp.chunk())
+                .await
+                .map_err(|_| broken("the transfer stalled".into()))?
+                .map_err(|e| broken(net::error_chain(&e.without_url())))?;
+            let Some(chunk) = chunk else { return Ok(true) };
+            out.write_all(&chunk)
+                .map_err(|e| broken(format!("writing the download: {e}")))?;
+        }
+    }
+}
+
 /// A GET response's whole body; a broken transfer is transient, so the caller retries it.
 async fn read_body(req: &Req, resp: reqwest::Response) -> Result<bytes::Bytes> {
     resp.bytes().await.map_err(|e| PublishError::Transport {
