@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
+use futures::StreamExt as _;
 use serde::Serialize;
 
 use crate::digest::Sha256Digest;
@@ -14,6 +16,7 @@ use crate::layer::entry::Entry;
 use crate::layer::store::{LayerRecord, LayerStore, LowerView};
 use crate::layer::{self, LayerError, PureInputs, tarball};
 use crate::oci::{self, ImageLayer, Layout, model::Descriptor, model::REF_NAME};
+use crate::publish::cache::{RegistryCache, Written};
 use crate::session::{ArchPlan, Session, SessionOptions};
 use crate::spec::{Project, Variant};
 
@@ -34,6 +37,8 @@ pub struct BuildOptions {
     pub offline: bool,
     /// Retries, stall timeout and retry reporting of downloads.
     pub net: crate::net::NetOptions,
+    /// A registry layer cache to take missing layers from and give built ones to.
+    pub remote_cache: Option<Arc<RegistryCache>>,
 }
 
 impl BuildOptions {
@@ -56,8 +61,38 @@ pub struct LayerReport {
     pub diff_id: Sha256Digest,
     /// Compressed size.
     pub size: u64,
-    /// Whether it came from the cache.
+    /// Whether it came from a cache (local or remote) rather than being built.
     pub cached: bool,
+    /// Where it came from.
+    pub source: LayerSource,
+}
+
+/// Where a layer of a build came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerSource {
+    /// Built by this run.
+    Built,
+    /// The local layer cache.
+    Local,
+    /// A `--cache-from` registry cache.
+    Remote,
+}
+
+/// What writing one layer to the `--cache-to` registry did.
+#[derive(Clone, Debug, Serialize)]
+pub struct CacheWrite {
+    /// Layer name.
+    pub layer: String,
+    /// Cache key (the entry's tag is `layer-<hex>`).
+    pub key: Sha256Digest,
+    /// `present`, `pushed` or `failed`.
+    pub state: &'static str,
+    /// Bytes uploaded (blobs already there or mounted cost none).
+    pub bytes_uploaded: u64,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One architecture of a built variant.
@@ -97,6 +132,12 @@ pub struct BuildReport {
     pub layout: PathBuf,
     /// Variants built.
     pub variants: Vec<VariantReport>,
+    /// Layers written to the `--cache-to` registry (empty without one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cache_to: Vec<CacheWrite>,
+    /// Problems that did not fail the build (an unusable cache entry, a cache write refused).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Progress events for renderers.
@@ -105,6 +146,8 @@ pub trait Progress: Send + Sync + FetchProgress {
     fn layer_started(&self, variant: &str, arch: &str, layer: &str);
     /// A layer is ready.
     fn layer_finished(&self, variant: &str, arch: &str, report: &LayerReport);
+    /// Something went wrong that the build works around (e.g. an unusable cache entry).
+    fn warning(&self, _message: &str) {}
 }
 
 /// A progress sink that ignores everything.
@@ -153,6 +196,8 @@ pub async fn build_in(
         opts,
         progress,
         layout: &layout,
+        produced: Mutex::default(),
+        warnings: Mutex::default(),
     };
     let mut reports = Vec::new();
     let mut refs = Vec::new();
@@ -163,9 +208,12 @@ pub async fn build_in(
     }
     session.save_lock()?;
     layout.set_refs(refs)?;
+    let cache_to = export_layers(&ctx).await;
     Ok(BuildReport {
         layout: opts.layout_dir.clone(),
         variants: reports,
+        cache_to,
+        warnings: ctx.warnings.into_inner().unwrap(),
     })
 }
 
@@ -347,9 +395,19 @@ struct BuildCtx<'a> {
     opts: &'a BuildOptions,
     progress: &'a dyn Progress,
     layout: &'a Layout,
+    /// Every keyed layer of this build, in order, once each: what `--cache-to` gets.
+    produced: Mutex<Vec<(String, Sha256Digest, LayerRecord)>>,
+    warnings: Mutex<Vec<String>>,
 }
 
-/// Take each planned layer from the cache or build it, bottom first.
+impl BuildCtx<'_> {
+    fn warn(&self, message: String) {
+        self.progress.warning(&message);
+        self.warnings.lock().unwrap().push(message);
+    }
+}
+
+/// Take each planned layer from a cache or build it, bottom first.
 async fn assemble_layers(
     ctx: &BuildCtx<'_>,
     v: &Variant,
@@ -359,26 +417,100 @@ async fn assemble_layers(
     let mut done: Vec<(Sha256Digest, LayerRecord)> = Vec::new();
     let mut out = Vec::new();
     for p in &plan.layers {
-        let (record, cached) = match &p.cached {
-            Some(rec) => (rec.clone(), true),
-            None => {
-                ctx.progress.layer_started(&v.key, arch, &p.name);
-                (assemble_layer(ctx, v, plan, p, &done).await?, false)
-            }
-        };
+        let (record, source) = obtain_layer(ctx, v, plan, p, &done).await?;
         let report = LayerReport {
             name: p.name.clone(),
             key: p.key,
             digest: record.blob.digest,
             diff_id: record.blob.diff_id,
             size: record.blob.size,
-            cached,
+            cached: source != LayerSource::Built,
+            source,
         };
         ctx.progress.layer_finished(&v.key, arch, &report);
+        {
+            let mut produced = ctx.produced.lock().unwrap();
+            if !produced.iter().any(|(_, k, _)| *k == p.key) {
+                produced.push((p.name.clone(), p.key, record.clone()));
+            }
+        }
         done.push((p.key, record.clone()));
         out.push((report, record));
     }
     Ok(out)
+}
+
+/// One layer from the local cache, else a `--cache-from` registry, else built here.
+async fn obtain_layer(
+    ctx: &BuildCtx<'_>,
+    v: &Variant,
+    plan: &ArchPlan,
+    p: &PlannedLayer,
+    done: &[(Sha256Digest, LayerRecord)],
+) -> Result<(LayerRecord, LayerSource), BuildError> {
+    let store = ctx.session.store();
+    // The plan predates this build: a variant built earlier in it may have made the layer.
+    if let Some(rec) = p.cached.clone().or_else(|| store.get(&p.key)) {
+        return Ok((rec, LayerSource::Local));
+    }
+    if let Some(remote) = ctx.opts.remote_cache.as_ref().filter(|r| r.reads()) {
+        let lookup = remote.pull(&p.key, store).await;
+        for problem in lookup.problems {
+            ctx.warn(format!(
+                "layer {} ({}/{}): registry cache not used, building it: {problem}",
+                p.name, v.key, plan.arch
+            ));
+        }
+        if let Some(hit) = lookup.hit {
+            return Ok((hit.record, LayerSource::Remote));
+        }
+    }
+    ctx.progress.layer_started(&v.key, &plan.arch, &p.name);
+    Ok((
+        assemble_layer(ctx, v, plan, p, done).await?,
+        LayerSource::Built,
+    ))
+}
+
+/// Cache entries written at once.
+const PARALLEL_CACHE_WRITES: usize = 3;
+
+/// Give every keyed layer of the build to the `--cache-to` registry. A failure is a warning:
+/// the images are built and the next run can write the entry.
+async fn export_layers(ctx: &BuildCtx<'_>) -> Vec<CacheWrite> {
+    let Some(remote) = ctx.opts.remote_cache.as_ref().filter(|r| r.writes()) else {
+        return Vec::new();
+    };
+    let produced = std::mem::take(&mut *ctx.produced.lock().unwrap());
+    let store = ctx.session.store();
+    let writes: Vec<CacheWrite> =
+        futures::stream::iter(produced.into_iter().map(|(layer, key, rec)| async move {
+            let written = remote.push(&key, &layer, store, &rec).await;
+            let (state, bytes_uploaded, error) = match written {
+                Ok(Written::Present) => ("present", 0, None),
+                Ok(Written::Pushed(n)) => ("pushed", n, None),
+                Err(e) => ("failed", 0, Some(e.to_string())),
+            };
+            CacheWrite {
+                layer,
+                key,
+                state,
+                bytes_uploaded,
+                error,
+            }
+        }))
+        .buffered(PARALLEL_CACHE_WRITES)
+        .collect()
+        .await;
+    for w in &writes {
+        if let Some(e) = &w.error {
+            ctx.warn(format!(
+                "layer {}: not written to the registry cache: {e}",
+                w.layer
+            ));
+        }
+    }
+    writes
 }
 
 /// Build one layer that is not cached: fetch its inputs, then assemble it purely from its
@@ -497,6 +629,7 @@ fn env_file_layer(
         diff_id: blob.diff_id,
         size: blob.size,
         cached: false,
+        source: LayerSource::Built,
     };
     let rec = LayerRecord {
         blob,

@@ -105,3 +105,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Status> {
         Command::Export { format } => cli::export::run(&paths, format).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// clap checks argument clashes (e.g. two flags with one id) only when a command is parsed.
+    #[test]
+    fn every_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,8 +1,11 @@
 //! `hakim build`: build variants into the output layout.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use clap::Args;
 use hakim::build::{self, BuildOptions, BuildReport};
+use hakim::publish::{PushOptions, cache::RegistryCache};
 use hakim::spec::Variant;
 
 use super::{Paths, exit::Status, print_json, progress::Reporter, source_date_epoch};
@@ -27,6 +30,61 @@ pub struct BuildArgs {
     /// Build only this architecture (a CI matrix job); the image is its bare manifest.
     #[arg(long)]
     pub arch: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheRefs,
+}
+
+/// `--cache-from` / `--cache-to`: a layer cache in a registry, shared by jobs on other machines.
+#[derive(Args, Clone, Debug, Default)]
+pub struct CacheRefs {
+    /// Registry repository to take missing layers from, e.g. ghcr.io/owner/hakim-cache;
+    /// repeatable, tried in order. An unusable entry is rebuilt, never trusted.
+    #[arg(long = "cache-from", value_name = "REPOSITORY")]
+    pub from: Vec<String>,
+    /// Registry repository to write every layer of the build to (a failed write only warns).
+    #[arg(long = "cache-to", value_name = "REPOSITORY")]
+    pub to: Option<String>,
+    /// Speak plain HTTP to a non-loopback cache registry (loopback always uses HTTP).
+    #[arg(long = "cache-plain-http", id = "cache_plain_http")]
+    pub plain_http: bool,
+}
+
+impl CacheRefs {
+    /// The registry cache these flags name, if any; credentials as `hakim push` finds them.
+    pub fn open(&self, paths: &Paths) -> Result<Option<Arc<RegistryCache>>> {
+        if self.from.is_empty() && self.to.is_none() {
+            return Ok(None);
+        }
+        let mut opts = PushOptions::from_env();
+        opts.plain_http = self.plain_http;
+        opts.net = paths.net(Arc::new(super::progress::RetryLines));
+        // A cache only saves time: one that keeps failing is given up on early, and the
+        // layers built here instead.
+        opts.net.retry.max_attempts = CACHE_ATTEMPTS;
+        opts.locations_dir = Some(super::push::locations_dir(&paths.cache));
+        let cache = RegistryCache::new(opts, &self.from, self.to.as_deref())?;
+        Ok(Some(Arc::new(cache)))
+    }
+}
+
+/// Attempts per registry cache request (a push makes six).
+const CACHE_ATTEMPTS: u32 = 3;
+
+/// What to build, for `build` and the commands that build before they work.
+#[derive(Default)]
+pub struct BuildRequest<'a> {
+    /// Variant keys (all when empty).
+    pub variants: &'a [String],
+    /// No progress on stderr (e.g. `--json`).
+    pub quiet: bool,
+    /// Make no network requests.
+    pub offline: bool,
+    /// `{version}` for tags and the version annotation.
+    pub version: Option<String>,
+    /// Only this architecture.
+    pub arch: Option<&'a str>,
+    /// The registry layer cache.
+    pub cache: CacheRefs,
 }
 
 /// Build, then print each variant's digest and refs (or the JSON report).
@@ -34,11 +92,14 @@ pub async fn run(paths: &Paths, args: BuildArgs) -> Result<Status> {
     let started = std::time::Instant::now();
     let report = build_variants(
         paths,
-        &args.variants,
-        args.json,
-        args.offline,
-        args.version,
-        args.arch.as_deref(),
+        &BuildRequest {
+            variants: &args.variants,
+            quiet: args.json,
+            offline: args.offline,
+            version: args.version,
+            arch: args.arch.as_deref(),
+            cache: args.cache,
+        },
     )
     .await?;
     if args.json {
@@ -47,6 +108,7 @@ pub async fn run(paths: &Paths, args: BuildArgs) -> Result<Status> {
         for v in &report.variants {
             println!("{} {}", v.digest, v.refs.join(" "));
         }
+        print_cache_writes(&report);
         eprintln!(
             "built {} variant(s) into {} in {:.2?}",
             report.variants.len(),
@@ -57,19 +119,28 @@ pub async fn run(paths: &Paths, args: BuildArgs) -> Result<Status> {
     Ok(Status::SUCCESS)
 }
 
-/// Build the named variants (all when none) with progress on stderr unless `quiet`; only
-/// `arch` when given.
-pub async fn build_variants(
-    paths: &Paths,
-    variants: &[String],
-    quiet: bool,
-    offline: bool,
-    version: Option<String>,
-    arch: Option<&str>,
-) -> Result<BuildReport> {
+/// One line per registry cache write that did something.
+pub fn print_cache_writes(report: &BuildReport) {
+    let pushed = report.cache_to.iter().filter(|w| w.state == "pushed");
+    let (n, bytes) = pushed.fold((0, 0), |(n, b), w| (n + 1, b + w.bytes_uploaded));
+    if !report.cache_to.is_empty() {
+        eprintln!(
+            "registry cache: {n} layer(s) written ({}), {} already there",
+            super::progress::size(bytes),
+            report
+                .cache_to
+                .iter()
+                .filter(|w| w.state == "present")
+                .count()
+        );
+    }
+}
+
+/// Build what `req` names, with progress on stderr unless it is quiet.
+pub async fn build_variants(paths: &Paths, req: &BuildRequest<'_>) -> Result<BuildReport> {
     let project = paths.load()?;
-    let mut selected: Vec<Variant> = project.select(variants)?.into_iter().cloned().collect();
-    if let Some(arch) = arch {
+    let mut selected: Vec<Variant> = project.select(req.variants)?.into_iter().cloned().collect();
+    if let Some(arch) = req.arch {
         for v in &mut selected {
             anyhow::ensure!(
                 v.archs.iter().any(|a| a == arch),
@@ -81,14 +152,15 @@ pub async fn build_variants(
         }
     }
     let selected: Vec<&Variant> = selected.iter().collect();
-    let reporter = std::sync::Arc::new(Reporter::new(quiet));
+    let reporter = Arc::new(Reporter::new(req.quiet));
     let opts = BuildOptions {
         cache_dir: paths.cache.clone(),
         layout_dir: paths.layout(),
         epoch: source_date_epoch()?,
-        version,
-        offline,
+        version: req.version.clone(),
+        offline: req.offline,
         net: paths.net(reporter.clone()),
+        remote_cache: req.cache.open(paths)?,
     };
     let report = build::build(&project, &selected, &opts, &*reporter).await;
     reporter.finish();

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use hakim::export::{self, Compression, Dest, ExportRequest, Format};
 
-use super::build::build_variants;
+use super::build::{BuildRequest, build_variants};
 use super::exit::Status;
 use super::{Paths, pick_arch, print_json, progress::size, source_date_epoch};
 
@@ -106,11 +106,12 @@ pub async fn run(paths: &Paths, cmd: ExportCommand) -> Result<Status> {
     // As `push` does: a warm build is a no-op, a missing image gets built.
     build_variants(
         paths,
-        std::slice::from_ref(&v.key),
-        common.json || to_stdout,
-        common.offline,
-        None,
-        None,
+        &BuildRequest {
+            variants: std::slice::from_ref(&v.key),
+            quiet: common.json || to_stdout,
+            offline: common.offline,
+            ..BuildRequest::default()
+        },
     )
     .await?;
     let epoch = source_date_epoch()?;

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
-use hakim::build::{LayerReport, Progress};
+use hakim::build::{LayerReport, LayerSource, Progress};
 use hakim::fetch::FetchProgress;
 use hakim::net::{RetryEvent, RetryObserver};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -98,13 +98,21 @@ impl Progress for Reporter {
     }
 
     fn layer_finished(&self, variant: &str, arch: &str, r: &LayerReport) {
-        let how = if r.cached { "cached" } else { "built" };
+        let how = match r.source {
+            LayerSource::Built => "built",
+            LayerSource::Local => "cached",
+            LayerSource::Remote => "from the registry cache",
+        };
         self.line(&format!(
             "{variant}/{arch}: layer {:<12} {} {:>10} {how}",
             r.name,
             &r.digest.hex()[..12],
             size(r.size)
         ));
+    }
+
+    fn warning(&self, message: &str) {
+        self.line(&format!("warning: {message}"));
     }
 }
 

@@ -14,9 +14,8 @@ use hakim::publish::{
 };
 use hakim::spec::{Project, Variant};
 
-use super::{
-    Paths, build::build_variants, exit::Status, print_json, progress::size, source_date_epoch,
-};
+use super::build::{BuildRequest, CacheRefs, build_variants};
+use super::{Paths, exit::Status, print_json, progress::size, source_date_epoch};
 
 /// Arguments of `hakim push`.
 #[derive(Args)]
@@ -51,6 +50,8 @@ pub struct PushArgs {
     /// into one index per variant once every arch has landed, then set the tags.
     #[arg(long)]
     pub merge: bool,
+    #[command(flatten)]
+    pub cache: CacheRefs,
 }
 
 /// Build what is missing, push, and print every pushed reference.
@@ -63,13 +64,19 @@ pub async fn run(paths: &Paths, args: PushArgs) -> Result<Status> {
     } else {
         let built = build_variants(
             paths,
-            &args.variants,
-            args.json,
-            false,
-            args.release.clone(),
-            args.arch.as_deref(),
+            &BuildRequest {
+                variants: &args.variants,
+                quiet: args.json,
+                version: args.release.clone(),
+                arch: args.arch.as_deref(),
+                cache: args.cache.clone(),
+                ..BuildRequest::default()
+            },
         )
         .await?;
+        if !args.json {
+            super::build::print_cache_writes(&built);
+        }
         push(paths, &built, &args, epoch).await?
     };
     if args.json {
@@ -96,7 +103,7 @@ pub async fn run(paths: &Paths, args: PushArgs) -> Result<Status> {
 const PARALLEL_IMAGES: usize = 3;
 
 /// Blob-location memory lives beside the layer cache.
-fn locations_dir(cache_dir: &Path) -> PathBuf {
+pub fn locations_dir(cache_dir: &Path) -> PathBuf {
     cache_dir.join("publish").join("blob-locations")
 }
 
