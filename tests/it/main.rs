@@ -25,6 +25,7 @@ mod push;
 mod push_cli;
 mod push_netns;
 mod pve;
+mod registry_cache;
 mod rootfs;
 mod run;
 mod variants;

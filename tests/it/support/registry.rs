@@ -31,6 +31,16 @@ impl TestRegistry {
         self.addr.to_string()
     }
 
+    /// Where the registry keeps the bytes of blob `hex` (to damage them behind its back).
+    pub fn blob_data(&self, hex: &str) -> std::path::PathBuf {
+        self._dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     fn start(auth: Option<(&str, &str)>) -> Self {
         assert!(
             Path::new(BINARY).exists(),
