@@ -163,6 +163,25 @@ fn workflows_keep_the_projects_rules() {
     ] {
         assert!(ci.contains(cmd), "ci.yml lacks `{cmd}`");
     }
+    // Matrix jobs take the shared layers from the registry cache the layers job filled.
+    let images = parse(&repo_root().join(".github/workflows/images.yml"));
+    let needs = images["jobs"]["push"]["needs"].to_string();
+    assert!(
+        needs.contains("\"layers\""),
+        "push job needs the layers job: {needs}"
+    );
+    for (job, step) in [
+        ("layers", "scripts/ci-publish layers"),
+        ("push", "scripts/ci-publish build"),
+    ] {
+        let steps = images["jobs"][job]["steps"].as_array().unwrap();
+        assert!(
+            steps.iter().any(|s| s["run"]
+                .as_str()
+                .is_some_and(|r| r.contains("HAKIM_CACHE_REPO=") && r.contains(step))),
+            "images.yml job {job}: `{step}` runs without the registry cache"
+        );
+    }
     // The README's test command is the one CI runs.
     let readme = fs::read_to_string(repo_root().join("README.md")).unwrap();
     assert!(readme.contains("scripts/test"));
