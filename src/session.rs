@@ -146,6 +146,7 @@ impl Session {
             lock_version: LOCK_VERSION,
             ..Default::default()
         });
+        let local_inputs = layer::LocalInputsMemo::in_cache(&opts.cache_dir);
         Ok(Self {
             resolver: Resolver::new(fetcher.clone()),
             opts,
@@ -154,7 +155,7 @@ impl Session {
             lock_path,
             original_lock,
             lock,
-            local_inputs: layer::LocalInputsMemo::default(),
+            local_inputs,
         })
     }
 

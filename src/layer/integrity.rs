@@ -17,8 +17,9 @@ use crate::cache::BlobState;
 use crate::digest::Sha256Digest;
 use crate::fsutil::write_atomic;
 
+/// A file's identity and change times: equal stamps mean the content was not written.
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Stamp {
+pub(super) struct Stamp {
     dev: u64,
     ino: u64,
     size: u64,
@@ -27,7 +28,7 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(path: &Path) -> io::Result<Self> {
+    pub(super) fn of(path: &Path) -> io::Result<Self> {
         let m = fs::metadata(path)?;
         Ok(Self {
             dev: m.dev(),
@@ -36,6 +37,18 @@ impl Stamp {
             mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
             ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
         })
+    }
+
+    /// Whether the file changed within `window` before `now`.
+    pub(super) fn is_recent(
+        &self,
+        window: std::time::Duration,
+        now: std::time::SystemTime,
+    ) -> bool {
+        let now_ns = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        now_ns - self.ctime_ns.max(self.mtime_ns) < window.as_nanos() as i128
     }
 }
 

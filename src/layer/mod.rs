@@ -6,6 +6,7 @@ pub mod archive;
 mod code_hash;
 pub mod diff;
 pub mod entry;
+mod file_digests;
 pub mod install;
 pub mod integrity;
 mod parents;
@@ -22,6 +23,7 @@ use serde::Serialize;
 use crate::digest::Sha256Digest;
 use crate::spec::{ArchiveFormat, ArchiveSpec, Compression, Layer, Sha256Spec};
 use entry::{Content, Entry, Kind, LayerTree, rel_path};
+use file_digests::FileDigests;
 use store::Lower;
 use walk::Ownership;
 
@@ -105,7 +107,7 @@ struct LocalInput {
     xattrs: BTreeMap<String, Vec<u8>>,
 }
 
-fn local_inputs(layer: &Layer) -> Result<Vec<LocalInput>, LayerError> {
+fn local_inputs(layer: &Layer, digests: &FileDigests) -> Result<Vec<LocalInput>, LayerError> {
     let mut srcs: Vec<(PathBuf, String)> = Vec::new();
     let rootfs = layer.dir.join("rootfs");
     if rootfs.is_dir() {
@@ -125,19 +127,11 @@ fn local_inputs(layer: &Layer) -> Result<Vec<LocalInput>, LayerError> {
         for e in entries {
             let (kind, sha256, link) = match &e.kind {
                 Kind::File(Content::Disk(p)) => {
-                    let f = std::fs::File::open(p).map_err(|source| LayerError::Local {
+                    let d = digests.digest(p).map_err(|source| LayerError::Local {
                         layer: layer.name.clone(),
                         path: p.clone(),
                         source,
                     })?;
-                    let d =
-                        Sha256Digest::of_reader(std::io::BufReader::new(f)).map_err(|source| {
-                            LayerError::Local {
-                                layer: layer.name.clone(),
-                                path: p.clone(),
-                                source,
-                            }
-                        })?;
                     ('f', Some(d), None)
                 }
                 Kind::Dir => ('d', None, None),
@@ -185,16 +179,29 @@ pub fn layer_key(
 
 /// Each layer's local inputs (files hashed) once per command, however many variants and
 /// arches share the layer: a shared base with big local files is otherwise re-read per use.
+/// With a cache dir, file digests are also remembered across commands by the files' stat.
 #[derive(Debug, Default)]
-pub struct LocalInputsMemo(Mutex<HashMap<PathBuf, Arc<serde_json::Value>>>);
+pub struct LocalInputsMemo {
+    layers: Mutex<HashMap<PathBuf, Arc<serde_json::Value>>>,
+    files: FileDigests,
+}
 
 impl LocalInputsMemo {
+    /// A memo that also remembers file digests under `cache_dir` across commands.
+    pub fn in_cache(cache_dir: &std::path::Path) -> Self {
+        Self {
+            layers: Mutex::default(),
+            files: FileDigests::in_dir(cache_dir.join("local-digests")),
+        }
+    }
+
     fn get(&self, layer: &Layer) -> Result<Arc<serde_json::Value>, LayerError> {
-        if let Some(v) = self.0.lock().expect("memo").get(&layer.dir) {
+        if let Some(v) = self.layers.lock().expect("memo").get(&layer.dir) {
             return Ok(v.clone());
         }
-        let v = Arc::new(serde_json::to_value(local_inputs(layer)?).expect("inputs serialize"));
-        self.0
+        let inputs = local_inputs(layer, &self.files)?;
+        let v = Arc::new(serde_json::to_value(inputs).expect("inputs serialize"));
+        self.layers
             .lock()
             .expect("memo")
             .insert(layer.dir.clone(), v.clone());
@@ -212,7 +219,8 @@ fn key_with_code(
     parent: Option<&Sha256Digest>,
     extra: &serde_json::Value,
 ) -> Result<Sha256Digest, LayerError> {
-    let local = serde_json::to_value(local_inputs(layer)?).expect("inputs serialize");
+    let local = serde_json::to_value(local_inputs(layer, &FileDigests::default())?)
+        .expect("inputs serialize");
     Ok(key_of(
         code,
         layer,
