@@ -227,7 +227,6 @@ pub struct Publisher {
     /// One lock per (host, blob): pushes of sibling images running at once send a shared blob
     /// once, and the others mount it from the repository that got it.
     blob_locks: BlobLocks,
-    verified: layout::VerifiedBlobs,
 }
 
 type BlobLocks = Mutex<HashMap<(String, Sha256Digest), Arc<tokio::sync::Mutex<()>>>>;
@@ -243,7 +242,6 @@ impl Publisher {
             hints: Mutex::new(HashMap::new()),
             memory,
             blob_locks: Mutex::new(HashMap::new()),
-            verified: layout::VerifiedBlobs::default(),
         }
     }
 
@@ -362,6 +360,24 @@ impl Publisher {
         }
     }
 
+    /// Why a registry refused an upload, when the local blob is to blame: hashed only then,
+    /// since the registry itself checks every upload against its digest.
+    async fn blame_local_blob(&self, b: &layout::Descriptor, path: &Path) -> Result<()> {
+        let (p, digest, size) = (path.to_path_buf(), b.digest, b.size);
+        tokio::task::spawn_blocking(move || crate::cache::verify_file(&p, &digest, size))
+            .await
+            .expect("blob hashing panicked")
+            .map_err(|e| PublishError::Local {
+                path: path.to_path_buf(),
+                detail: match e {
+                    crate::cache::CasError::Corrupt { expected, why, .. } => {
+                        format!("corrupt blob {expected}: {why}")
+                    }
+                    other => other.to_string(),
+                },
+            })
+    }
+
     /// HEAD, else mount from the first sibling that has it, else upload.
     async fn push_blob(
         &self,
@@ -402,12 +418,20 @@ impl Publisher {
                 Err(e) => return Err(e),
             }
         }
+        // Not hashed first: the registry verifies the digest of what it receives (a mismatch
+        // never lands), which spares a pass over every byte of every push.
         let outcome = reg
             .with_retry(&format!("push blob {} to {repo}", b.digest), || {
                 reg.push_blob(repo, &b.digest, b.size, path)
             })
-            .await?;
-        Ok((outcome, None))
+            .await;
+        match outcome {
+            Ok(o) => Ok((o, None)),
+            Err(e) => {
+                self.blame_local_blob(b, path).await?;
+                Err(e)
+            }
+        }
     }
 
     /// Push image `source_ref` of the layout at `layout_dir` to `target` (`host/ns/name`) and
@@ -436,10 +460,9 @@ impl Publisher {
         }
         let dir = layout_dir.to_path_buf();
         let src = source_ref.to_string();
-        let verified = self.verified.clone();
         let (layout, plan) = tokio::task::spawn_blocking(move || {
             let layout = crate::oci::Layout::open(&dir)?;
-            let plan = layout::plan_with(&layout, &src, &verified)?;
+            let plan = layout::plan(&layout, &src)?;
             Ok::<_, PublishError>((layout, plan))
         })
         .await

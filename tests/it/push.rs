@@ -469,6 +469,65 @@ async fn dying_proxy_fails_the_push_and_never_moves_the_tag() {
     assert_remote_digest(&format!("{}/ns/x:stable", reg.host()), &old_m.digest);
 }
 
+/// A layout blob with one byte flipped (same size) is refused by the registry, which checks
+/// every upload against its digest; hakim names the corrupt file and nothing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_layout_blob_never_lands_and_is_named() {
+    let reg = TestRegistry::open();
+    let proxy = Proxy::new(reg.addr);
+    let tmp = tempfile::tempdir().unwrap();
+    let (old, old_m) = single_arch(&tmp.path().join("old"), b"old top");
+    let target = format!("{}/ns/x", proxy.host());
+    push(
+        &old.dir,
+        "hakim-x:latest",
+        &target,
+        &tags(&["stable"]),
+        &opts(),
+    )
+    .await
+    .unwrap();
+
+    let top = noise(300_000, 5);
+    let (new, new_m) = single_arch(&tmp.path().join("new"), &top);
+    let layer = Sha256Digest::of(&tar_layer(&[("opt/top", &top)]));
+    let path = new.dir.join("blobs/sha256").join(layer.hex());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1000] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let before = proxy.log().len();
+    let err = push(
+        &new.dir,
+        "hakim-x:latest",
+        &target,
+        &tags(&["stable"]),
+        &opts(),
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, PublishError::Local { .. }), "{err:?}");
+    assert!(
+        msg.contains(&path.display().to_string()) && msg.contains("corrupt blob"),
+        "{msg}"
+    );
+    // The bytes were sent, and refused: no manifest was put, the registry lacks the blob, and
+    // the tag still names the old image.
+    let log = proxy.log();
+    assert!(
+        log[before..]
+            .iter()
+            .any(|r| r.method == "PUT" && r.status == 400),
+        "{log:#?}"
+    );
+    assert!(log[before..].iter().all(|r| r.manifest_put().is_none()));
+    let head = crate::support::registry::get_status(reg.addr, &format!("/v2/ns/x/blobs/{layer}"));
+    assert_eq!(head, Some(404));
+    assert_ne!(old_m.digest, new_m.digest);
+    assert_remote_digest(&format!("{}/ns/x:stable", reg.host()), &old_m.digest);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn denied_push_fails_fast_naming_registry_and_repository() {
     let reg = TestRegistry::open();
