@@ -107,6 +107,29 @@ fn min_chunk_length(resp: &reqwest::Response) -> usize {
         .unwrap_or(0)
 }
 
+const PLAIN_HTTP_HINT: &str = "if this registry speaks only plain HTTP, use --plain-http";
+
+/// How a TLS handshake failed, when the server may not speak TLS at all.
+#[derive(Debug, PartialEq, Eq)]
+enum TlsFailure {
+    /// The server answered the handshake with plain text (e.g. `HTTP/1.1 400`).
+    PlainText,
+    /// The server closed the connection during the handshake.
+    Cut,
+}
+
+fn tls_failure(detail: &str) -> Option<TlsFailure> {
+    let d = detail.to_ascii_lowercase();
+    // rustls's words for a handshake answered with non-TLS bytes, and for one cut short.
+    if d.contains("invalidcontenttype") || d.contains("corrupt message") {
+        Some(TlsFailure::PlainText)
+    } else if d.contains("tls handshake eof") {
+        Some(TlsFailure::Cut)
+    } else {
+        None
+    }
+}
+
 /// The start of an error response's body, for the error message.
 async fn body_excerpt(resp: reqwest::Response, stall: Duration) -> String {
     // Bounded: the upload client has no read timeout of its own.
@@ -318,8 +341,20 @@ impl Registry {
             transient,
             detail,
         };
-        let http =
-            |e: reqwest::Error| transport(!e.is_builder(), self.net.describe(&e.without_url()));
+        let http = |e: reqwest::Error| {
+            let builder = e.is_builder();
+            let detail = self.net.describe(&e.without_url());
+            match tls_failure(&detail) {
+                // Retrying cannot help: the server is there, it just does not speak TLS.
+                Some(TlsFailure::PlainText) => transport(
+                    false,
+                    format!("{detail} (the registry answered in plain HTTP: {PLAIN_HTTP_HINT})"),
+                ),
+                // A handshake cut short may be the network: retried, but say what else it may be.
+                Some(TlsFailure::Cut) => transport(true, format!("{detail} ({PLAIN_HTTP_HINT})")),
+                None => transport(!builder, detail),
+            }
+        };
         match &req.body {
             Some(b) => {
                 let rb = rb.header(header::CONTENT_LENGTH, b.len());
@@ -761,6 +796,43 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader};
     use std::time::Duration;
+
+    /// A registry reached over HTTPS that speaks only HTTP is not retried, and the error says
+    /// what to do.
+    #[tokio::test]
+    async fn a_plain_http_server_answering_tls_fails_at_once_with_a_hint() {
+        // What a plain HTTP registry (Go's net/http) answers to a TLS ClientHello.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut served = 0;
+            for conn in listener.incoming().take(1) {
+                let mut conn = conn.unwrap();
+                let mut buf = [0u8; 512];
+                let _ = std::io::Read::read(&mut conn, &mut buf);
+                let _ = std::io::Write::write_all(
+                    &mut conn,
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                served += 1;
+            }
+            served
+        });
+        let reg =
+            Registry::new(&addr.to_string(), false, None, &NetOptions::default(), None).unwrap();
+        let digest = Sha256Digest::of(b"x");
+        let err = reg
+            .with_retry("HEAD", || reg.blob_exists("ns/x", &digest))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, PublishError::Transport { transient: false, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--plain-http"), "{err}");
+        // One connection: the policy's six attempts were not spent on it.
+        assert_eq!(server.join().unwrap(), 1);
+    }
 
     /// Issue 13 item 12, upload side: a registry that stops reading a request body mid-way is
     /// detected by the stall timeout, which a read timeout alone never fires for.

@@ -119,6 +119,12 @@ fn plain_http_is_needed_for_a_registry_off_loopback() {
             err.contains(&proxy.host()) && (err.contains("tls") || err.contains("https")),
             "the error should name the registry and the TLS/HTTPS failure:\n{err}"
         );
+        // The error says what to do (this proxy cuts the handshake short, which is retried as
+        // a network fault would be; a plain-text answer is not: see the registry unit tests).
+        assert!(
+            err.contains("--plain-http"),
+            "no hint at --plain-http:\n{err}"
+        );
         assert!(
             !proxy.log().iter().any(|r| r.method == "PUT"),
             "nothing may be written over a failed HTTPS connection: {:?}",
