@@ -826,7 +826,13 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, PublishError::Transport { transient: false, .. }),
+            matches!(
+                err,
+                PublishError::Transport {
+                    transient: false,
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("--plain-http"), "{err}");
