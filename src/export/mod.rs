@@ -104,6 +104,10 @@ pub struct ExportRequest<'a> {
     pub lxc_meta: bool,
     /// SOURCE_DATE_EPOCH: the mtime of archive members and template files.
     pub epoch: u64,
+    /// Where a rootfs export may keep each compressed layer's uncompressed tar between its
+    /// two passes (the cache's `tmp`), so no layer is decompressed twice; `None`, or a
+    /// directory that cannot take the files, costs time, never the export.
+    pub scratch: Option<&'a Path>,
 }
 
 /// What an export wrote.
@@ -277,7 +281,7 @@ fn rootfs(
             media_type: l.media_type.clone(),
         })
         .collect();
-    let mut tree = Tree::read(&layers, &template::wanted_files())?;
+    let mut tree = Tree::read(&layers, &template::wanted_files(), req.scratch)?;
     template::apply(&mut tree, &req.variant.rootfs, req.epoch)?;
     let os = template::os_id(&tree).unwrap_or_else(|| "debian".into());
     // Meta first: a rootfs that lands without its meta would be the worse half-state.
