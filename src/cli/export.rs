@@ -116,6 +116,8 @@ pub async fn run(paths: &Paths, cmd: ExportCommand) -> Result<Status> {
     .await?;
     let epoch = source_date_epoch()?;
     let layout = paths.layout();
+    // The build above opened the cache, which made this directory.
+    let scratch = paths.cache.join("tmp");
     let img = hakim::oci::find_variant_image(&layout, v, common.tag.as_deref(), &arch)?;
     let dest = if to_stdout {
         Dest::Stdout
@@ -133,6 +135,7 @@ pub async fn run(paths: &Paths, cmd: ExportCommand) -> Result<Status> {
         compression,
         lxc_meta,
         epoch,
+        scratch: Some(&scratch),
     })?;
     if common.json && !to_stdout {
         print_json(&report)?;

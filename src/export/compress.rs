@@ -144,4 +144,40 @@ mod tests {
         std::io::Read::read_to_end(&mut liblzma::read::XzDecoder::new(&xz[..]), &mut back).unwrap();
         assert_eq!(back, b"hello");
     }
+
+    /// Compress `data` written in pieces whose sizes cycle through `sizes`.
+    fn compress_in_pieces(c: Compression, data: &[u8], sizes: &[usize]) -> Vec<u8> {
+        let mut e = Encoder::with_xz_block(c, Vec::new(), 2, 1 << 20).unwrap();
+        let mut rest = data;
+        for n in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, tail) = rest.split_at((*n).min(rest.len()));
+            e.write_all(piece).unwrap();
+            rest = tail;
+        }
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn output_does_not_depend_on_the_write_sizes() {
+        // How the bytes reach the encoder (the tar writer's small writes, a buffer's 1 MiB
+        // ones) is an implementation detail an export's bytes must not depend on. The data
+        // spans several xz blocks (1 MiB here) and gzip blocks, so boundaries fall inside
+        // the pieces.
+        let data: Vec<u8> = (0..(5 << 19))
+            .map(|i| ((i / 5) ^ (i >> 11)) as u8)
+            .collect();
+        for c in [Compression::Xz, Compression::Zstd, Compression::Gzip] {
+            let whole = compress_in_pieces(c, &data, &[data.len()]);
+            for sizes in [&[1][..], &[1, 7, 511, 4099, 65_537, 3], &[1 << 20]] {
+                let got = compress_in_pieces(c, &data, sizes);
+                assert!(
+                    got == whole,
+                    "{c:?}: writes of {sizes:?} bytes gave other bytes than one write"
+                );
+            }
+        }
+    }
 }

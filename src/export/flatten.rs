@@ -4,9 +4,15 @@
 //! whiteouts and opaque directories, into the final tree. Pass 2 reads the layers again in
 //! order and copies each surviving entry's bytes straight into the output tar, so the result
 //! depends only on the layers, never on timing or thread count.
+//!
+//! Decompressing a layer costs more than reading it, so pass 1 also copies each compressed
+//! layer's tar stream into an anonymous scratch file, and pass 2 reads that instead of
+//! decompressing the blob a second time. The copy is only a shortcut: a layer whose copy
+//! could not be made (no scratch directory, a full disk) is decompressed again.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::ExportError;
@@ -86,6 +92,8 @@ pub(crate) struct Tree {
     /// Entries added by the template layer (index `layers`), by entry index.
     synthetic: BTreeMap<u64, Entry>,
     layers: usize,
+    /// Per layer, its tar stream as pass 1 decompressed it, when a copy was made.
+    spilled: Vec<Option<File>>,
 }
 
 fn bad_layer(blob: &Path, message: impl Into<String>) -> ExportError {
@@ -98,13 +106,55 @@ fn bad_layer(blob: &Path, message: impl Into<String>) -> ExportError {
 /// Captured small files: path → (where read, bytes).
 type Captured = BTreeMap<String, (Pos, Vec<u8>)>;
 
+/// A reader that also writes what it reads to a scratch file, giving up on the copy (never
+/// on the read) when the copy cannot be written.
+struct Tee<R> {
+    inner: R,
+    copy: Option<BufWriter<File>>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(c) = &mut self.copy
+            && c.write_all(&buf[..n]).is_err()
+        {
+            self.copy = None;
+        }
+        Ok(n)
+    }
+}
+
+impl<R> Tee<R> {
+    /// The complete copy, if every write reached the file.
+    fn finish(self) -> Option<File> {
+        self.copy?.into_inner().ok()
+    }
+}
+
+/// A layer blob that pass 2 would have to decompress again (plain tars are read as they are).
+fn is_compressed(media_type: &str) -> bool {
+    !media_type.trim().ends_with(".tar")
+}
+
+/// Pass 1 for one layer: its headers, the captured files and the copy of its tar stream.
 fn read_headers(
     index: usize,
     src: &LayerSource,
     capture: &BTreeSet<String>,
-) -> Result<(Vec<Raw>, Captured), ExportError> {
+    scratch: Option<&Path>,
+) -> Result<(Vec<Raw>, Captured, Option<File>), ExportError> {
     let io = |e: std::io::Error| bad_layer(&src.blob, e.to_string());
-    let mut archive = tar::Archive::new(decoder(&src.blob, &src.media_type)?);
+    // Anonymous (O_TMPFILE, else unlinked at once): the kernel frees it however the export
+    // ends, even on SIGKILL, so no sweep is needed and nothing shows in the directory.
+    let copy = scratch
+        .filter(|_| is_compressed(&src.media_type))
+        .and_then(|dir| tempfile::tempfile_in(dir).ok())
+        .map(|f| BufWriter::with_capacity(1 << 20, f));
+    let mut archive = tar::Archive::new(Tee {
+        inner: decoder(&src.blob, &src.media_type)?,
+        copy,
+    });
     let mut out = Vec::new();
     let mut captured = BTreeMap::new();
     for (seq, entry) in archive.entries().map_err(io)?.enumerate() {
@@ -181,7 +231,9 @@ fn read_headers(
             meta,
         });
     }
-    Ok((out, captured))
+    // Pass 2 parses the same bytes the same way, so it never reads past what the tar
+    // reader consumed here: the copy is complete without draining the rest of the stream.
+    Ok((out, captured, archive.into_inner().finish()))
 }
 
 fn parent(path: &str) -> Option<&str> {
@@ -190,13 +242,19 @@ fn parent(path: &str) -> Option<&str> {
 
 impl Tree {
     /// Replay `layers` bottom first; the contents of regular files in `capture` are kept.
-    pub fn read(layers: &[LayerSource], capture: &BTreeSet<String>) -> Result<Self, ExportError> {
+    /// With a `scratch` directory, compressed layers' tar streams are copied there for
+    /// [`Tree::write`] (as large as the uncompressed layers, freed with the tree).
+    pub fn read(
+        layers: &[LayerSource],
+        capture: &BTreeSet<String>,
+        scratch: Option<&Path>,
+    ) -> Result<Self, ExportError> {
         // Headers are read in parallel (decompression is the cost), then applied in order.
         let results: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = layers
                 .iter()
                 .enumerate()
-                .map(|(i, l)| s.spawn(move || read_headers(i, l, capture)))
+                .map(|(i, l)| s.spawn(move || read_headers(i, l, capture, scratch)))
                 .collect();
             handles
                 .into_iter()
@@ -208,8 +266,9 @@ impl Tree {
             ..Tree::default()
         };
         for (i, r) in results.into_iter().enumerate() {
-            let (raws, captured) = r?;
+            let (raws, captured, spilled) = r?;
             tree.captured.extend(captured);
+            tree.spilled.push(spilled);
             tree.apply(i, &layers[i].blob, raws)?;
         }
         Ok(tree)
@@ -405,7 +464,8 @@ impl Tree {
         self.nodes.get_key_value(&key).map(|(k, n)| (k.as_str(), n))
     }
 
-    /// Write the tree as one tar to `out`, reading the layers a second time for contents.
+    /// Write the tree as one tar to `out`, reading the layers (or pass 1's copies of their
+    /// tar streams) a second time for contents.
     pub fn write<W: Write>(&self, layers: &[LayerSource], out: W) -> Result<W, ExportError> {
         let plan = self.plan();
         let mut w = Writer {
@@ -418,7 +478,14 @@ impl Tree {
                 continue; // nothing of this layer survives
             }
             let io = |e: std::io::Error| bad_layer(&src.blob, e.to_string());
-            let mut archive = tar::Archive::new(decoder(&src.blob, &src.media_type)?);
+            let stream: Box<dyn Read + '_> = match self.spilled.get(i).and_then(Option::as_ref) {
+                Some(mut copy) => {
+                    copy.seek(SeekFrom::Start(0)).map_err(io)?;
+                    Box::new(BufReader::with_capacity(1 << 20, copy))
+                }
+                None => decoder(&src.blob, &src.media_type)?,
+            };
+            let mut archive = tar::Archive::new(stream);
             for (seq, entry) in archive.entries().map_err(io)?.enumerate() {
                 let mut entry = entry.map_err(io)?;
                 if let Some(paths) = plan.at.get(&(i, seq as u64)) {
@@ -624,7 +691,7 @@ pub(super) mod tests {
             ),
             layer(d.path(), "3", &[("t", Regular, "new")]),
         ];
-        let tree = Tree::read(&layers, &BTreeSet::new()).unwrap();
+        let tree = Tree::read(&layers, &BTreeSet::new(), None).unwrap();
         let out = tree.write(&layers, Vec::new()).unwrap();
         let got = contents(&out);
         // `t` was deleted and re-created: the links keep the old bytes, sharing one inode.
@@ -633,11 +700,73 @@ pub(super) mod tests {
         assert_eq!(got["h"], (Link, "g".into()));
         assert_eq!(got["u"], (Regular, "u".into()));
         // The same layers always give the same bytes.
-        let again = Tree::read(&layers, &BTreeSet::new())
+        let again = Tree::read(&layers, &BTreeSet::new(), None)
             .unwrap()
             .write(&layers, Vec::new())
             .unwrap();
         assert!(out == again);
+    }
+
+    /// `l` gzip-compressed in place, as built layers are.
+    fn gzipped(l: LayerSource) -> LayerSource {
+        let tar = std::fs::read(&l.blob).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        std::fs::write(&l.blob, gz.finish().unwrap()).unwrap();
+        LayerSource {
+            blob: l.blob,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+        }
+    }
+
+    #[test]
+    fn pass_two_reads_the_spilled_copies_and_writes_the_same_bytes() {
+        use tar::EntryType::{Link, Regular};
+        let d = tempfile::tempdir().unwrap();
+        let big = "x".repeat(3 << 20); // larger than the copy's and the reader's buffers
+        let layers = vec![
+            gzipped(layer(
+                d.path(),
+                "1",
+                &[
+                    ("big", Regular, &big),
+                    ("t", Regular, "old"),
+                    ("h", Link, "t"),
+                ],
+            )),
+            layer(
+                d.path(),
+                "2",
+                &[(".wh.t", Regular, ""), ("u", Regular, "u")],
+            ),
+            gzipped(layer(d.path(), "3", &[("t", Regular, "new")])),
+        ];
+        let scratch = d.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let direct = Tree::read(&layers, &BTreeSet::new(), None).unwrap();
+        let spilled = Tree::read(&layers, &BTreeSet::new(), Some(&scratch)).unwrap();
+        // Compressed layers are copied; the plain one is read as it is.
+        let copied: Vec<bool> = spilled.spilled.iter().map(Option::is_some).collect();
+        assert_eq!(copied, [true, false, true]);
+        // The copies are anonymous: nothing to clean up, whatever ends the export.
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+        let expected = direct.write(&layers, Vec::new()).unwrap();
+        // A scratch directory that cannot take files only costs the second decompression.
+        let missing = d.path().join("missing");
+        let fallback = Tree::read(&layers, &BTreeSet::new(), Some(&missing)).unwrap();
+        assert!(fallback.spilled.iter().all(Option::is_none));
+        assert!(fallback.write(&layers, Vec::new()).unwrap() == expected);
+        // Pass 2 must not decompress again: with the blobs gone, only the copies are left.
+        for l in &layers {
+            if is_compressed(&l.media_type) {
+                std::fs::remove_file(&l.blob).unwrap();
+            }
+        }
+        let got = spilled.write(&layers, Vec::new()).unwrap();
+        assert!(got == expected, "the spilled copies gave other bytes");
+        assert_eq!(contents(&got)["big"].1.len(), big.len());
+        // A second write reads the copies from their start again.
+        assert!(spilled.write(&layers, Vec::new()).unwrap() == expected);
     }
 
     #[test]
@@ -652,7 +781,7 @@ pub(super) mod tests {
                 ("sbin", Symlink, "usr/sbin"),
             ],
         )];
-        let mut tree = Tree::read(&layers, &BTreeSet::new()).unwrap();
+        let mut tree = Tree::read(&layers, &BTreeSet::new(), None).unwrap();
         assert_eq!(tree.resolve("/sbin/init").unwrap().0, "usr/sbin/init");
         assert!(tree.resolve("/sbin/nothing").is_none());
         tree.add_synthetic(Entry::new(

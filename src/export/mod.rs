@@ -11,7 +11,7 @@ mod flatten;
 pub mod output;
 mod template;
 
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -104,6 +104,10 @@ pub struct ExportRequest<'a> {
     pub lxc_meta: bool,
     /// SOURCE_DATE_EPOCH: the mtime of archive members and template files.
     pub epoch: u64,
+    /// Where a rootfs export may keep each compressed layer's uncompressed tar between its
+    /// two passes (the cache's `tmp`), so no layer is decompressed twice; `None`, or a
+    /// directory that cannot take the files, costs time, never the export.
+    pub scratch: Option<&'a Path>,
 }
 
 /// What an export wrote.
@@ -250,11 +254,16 @@ fn write_file(
 fn compressed(
     path: &Path,
     c: Compression,
-    body: impl FnOnce(&mut Encoder<Sink>) -> Result<(), ExportError>,
+    body: impl FnOnce(&mut dyn Write) -> Result<(), ExportError>,
 ) -> Result<ExportedFile, ExportError> {
     write_file(path, |sink| {
-        let mut enc = Encoder::new(c, sink, 0).map_err(io_err(path))?;
-        body(&mut enc)?;
+        let enc = Encoder::new(c, sink, 0).map_err(io_err(path))?;
+        // The tar writer hands over 512-byte headers and small file bodies one by one, and
+        // every write is a call into the encoder (a lock and a hand-off in liblzma's and
+        // zstd's multi-threaded modes); 1 MiB writes keep that overhead off the hot path.
+        let mut buf = BufWriter::with_capacity(1 << 20, enc);
+        body(&mut buf)?;
+        let enc = buf.into_inner().map_err(|e| io_err(path)(e.into_error()))?;
         enc.finish().map_err(io_err(path))
     })
 }
@@ -272,7 +281,7 @@ fn rootfs(
             media_type: l.media_type.clone(),
         })
         .collect();
-    let mut tree = Tree::read(&layers, &template::wanted_files())?;
+    let mut tree = Tree::read(&layers, &template::wanted_files(), req.scratch)?;
     template::apply(&mut tree, &req.variant.rootfs, req.epoch)?;
     let os = template::os_id(&tree).unwrap_or_else(|| "debian".into());
     // Meta first: a rootfs that lands without its meta would be the worse half-state.

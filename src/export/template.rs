@@ -267,7 +267,7 @@ mod tests {
                 ("etc/machine-id", tar::EntryType::Regular, "0123"),
             ],
         )];
-        let mut tree = Tree::read(&layers, &wanted_files()).unwrap();
+        let mut tree = Tree::read(&layers, &wanted_files(), None).unwrap();
         let part = RootfsPart {
             dir: d.path().to_path_buf(),
             file: d.path().join("layer.yaml"),

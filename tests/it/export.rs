@@ -415,6 +415,7 @@ fn export_fixture(
         compression,
         lxc_meta,
         epoch: 1_700_000_000,
+        scratch: None,
     })
     .unwrap()
 }
@@ -729,6 +730,7 @@ fn a_corrupt_layer_blob_fails_the_export_and_writes_nothing() {
             compression: hakim::export::Compression::Gzip,
             lxc_meta: false,
             epoch: 1_700_000_000,
+            scratch: None,
         })
         .expect_err("a corrupt blob must not be exported");
         let msg = err.to_string();
