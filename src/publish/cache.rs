@@ -88,6 +88,75 @@ struct EntryBlobs {
 }
 
 impl EntryBlobs {
+    /// The entry of layer `key`: its config and index written into the blob store beside the
+    /// layer blob, so all three are sent from there.
+    fn write(
+        store: &LayerStore,
+        key: &Sha256Digest,
+        record: &LayerRecord,
+    ) -> Result<Self, StoreError> {
+        let index = canonical::to_vec(&store.index(key)?);
+        let config = canonical::to_vec(&EntryConfig {
+            key: *key,
+            record: record.clone(),
+        });
+        let cas = store.cas();
+        let put = |bytes: &[u8], media_type: &str| {
+            let digest = cas.insert_bytes(bytes).map_err(|e| StoreError::Corrupt {
+                path: cas.root().to_path_buf(),
+                message: e.to_string(),
+            })?;
+            Ok::<_, StoreError>(Blob {
+                media_type: media_type.into(),
+                digest,
+                size: bytes.len() as u64,
+            })
+        };
+        Ok(Self {
+            config: put(&config, CONFIG_MEDIA_TYPE)?,
+            index: put(&index, INDEX_MEDIA_TYPE)?,
+            layer: Blob {
+                media_type: record.blob.media_type.clone(),
+                digest: record.blob.digest,
+                size: record.blob.size,
+            },
+        })
+    }
+
+    /// The entry's manifest, naming the layer for people browsing the repository.
+    fn manifest(&self, layer: &str) -> Vec<u8> {
+        let mut manifest = model::manifest(
+            self.config.descriptor(),
+            vec![self.layer.descriptor(), self.index.descriptor()],
+        );
+        manifest.set_artifact_type(Some(model::MediaType::from(ARTIFACT_TYPE)));
+        manifest.set_annotations(model::annotations(
+            &[(LAYER_NAME.to_string(), layer.to_string())].into(),
+        ));
+        canonical::to_vec(&manifest)
+    }
+
+    /// The layer record a config blob holds, if it is the entry of `key` and names this
+    /// entry's layer blob.
+    fn record_in(&self, config: &[u8], key: &Sha256Digest) -> Result<LayerRecord, String> {
+        let config: EntryConfig =
+            serde_json::from_slice(config).map_err(|e| format!("config: {e}"))?;
+        if config.key != *key {
+            return Err(format!("it is the entry of key {}", config.key));
+        }
+        let (blob, layer) = (&config.record.blob, &self.layer);
+        if blob.digest != layer.digest
+            || blob.size != layer.size
+            || blob.media_type != layer.media_type
+        {
+            return Err(format!(
+                "its record names blob {} ({} bytes, {}), its manifest {} ({} bytes, {})",
+                blob.digest, blob.size, blob.media_type, layer.digest, layer.size, layer.media_type
+            ));
+        }
+        Ok(config.record)
+    }
+
     fn parse(media_type: &str, bytes: &[u8]) -> Result<Self, String> {
         let bare = media_type.split(';').next().unwrap_or_default().trim();
         if bare != MANIFEST {
@@ -248,27 +317,8 @@ impl RegistryCache {
         let config = small_blob(&reg, repo, &blobs.config)
             .await?
             .map_err(|d| invalid(format!("config: {d}")))?;
-        let config: EntryConfig =
-            serde_json::from_slice(&config).map_err(|e| invalid(format!("config: {e}")))?;
-        let record = config.record;
-        if config.key != *key {
-            return Err(invalid(format!("it is the entry of key {}", config.key)));
-        }
+        let record = blobs.record_in(&config, key).map_err(invalid)?;
         let layer = &blobs.layer;
-        if record.blob.digest != layer.digest
-            || record.blob.size != layer.size
-            || record.blob.media_type != layer.media_type
-        {
-            return Err(invalid(format!(
-                "its record names blob {} ({} bytes, {}), its manifest {} ({} bytes, {})",
-                record.blob.digest,
-                record.blob.size,
-                record.blob.media_type,
-                layer.digest,
-                layer.size,
-                layer.media_type
-            )));
-        }
         let index = small_blob(&reg, repo, &blobs.index)
             .await?
             .map_err(|d| invalid(format!("index: {d}")))?;
@@ -338,36 +388,10 @@ impl RegistryCache {
         {
             return Ok(Written::Present);
         }
-        let local = |source: StoreError| CacheError::Store {
+        let blobs = EntryBlobs::write(store, key, record).map_err(|source| CacheError::Store {
             reference: reference.clone(),
             source,
-        };
-        let index = canonical::to_vec(&store.index(key).map_err(local)?);
-        let config = canonical::to_vec(&EntryConfig {
-            key: *key,
-            record: record.clone(),
-        });
-        let cas = store.cas();
-        let put = |bytes: &[u8], media_type: &str| {
-            let digest = cas.insert_bytes(bytes).map_err(|e| PublishError::Local {
-                path: cas.root().to_path_buf(),
-                detail: e.to_string(),
-            })?;
-            Ok::<_, PublishError>(Blob {
-                media_type: media_type.into(),
-                digest,
-                size: bytes.len() as u64,
-            })
-        };
-        let blobs = EntryBlobs {
-            config: put(&config, CONFIG_MEDIA_TYPE)?,
-            index: put(&index, INDEX_MEDIA_TYPE)?,
-            layer: Blob {
-                media_type: record.blob.media_type.clone(),
-                digest: record.blob.digest,
-                size: record.blob.size,
-            },
-        };
+        })?;
         let mut uploaded = 0;
         for b in [&blobs.layer, &blobs.index, &blobs.config] {
             let desc = layout::Descriptor {
@@ -378,22 +402,14 @@ impl RegistryCache {
             };
             let (outcome, _) = self
                 .publisher
-                .push_blob(&reg, target, &desc, &cas.path(&b.digest))
+                .push_blob(&reg, target, &desc, &store.cas().path(&b.digest))
                 .await?;
             self.publisher.remember(target, b.digest);
             if let BlobOutcome::Uploaded(n) = outcome {
                 uploaded += n;
             }
         }
-        let mut manifest = model::manifest(
-            blobs.config.descriptor(),
-            vec![blobs.layer.descriptor(), blobs.index.descriptor()],
-        );
-        manifest.set_artifact_type(Some(model::MediaType::from(ARTIFACT_TYPE)));
-        manifest.set_annotations(model::annotations(
-            &[(LAYER_NAME.to_string(), layer.to_string())].into(),
-        ));
-        let bytes = canonical::to_vec(&manifest);
+        let bytes = blobs.manifest(layer);
         let digest = Sha256Digest::of(&bytes);
         reg.with_retry(&format!("PUT {reference}"), || {
             reg.put_manifest(repo, &tag, MANIFEST, &bytes, &digest)
@@ -498,6 +514,38 @@ mod tests {
         let index = EntryBlobs::parse(crate::media::INDEX, &entry(ARTIFACT_TYPE, 2));
         assert!(index.is_err());
         assert!(EntryBlobs::parse(MANIFEST, b"{").is_err());
+    }
+
+    #[test]
+    fn a_config_is_trusted_only_for_its_key_and_its_manifests_blob() {
+        let b = EntryBlobs::parse(MANIFEST, &entry(ARTIFACT_TYPE, 2)).unwrap();
+        let key = Sha256Digest::of(b"key");
+        let record = |digest: Sha256Digest| LayerRecord {
+            blob: crate::layer::tarball::LayerBlob {
+                digest,
+                diff_id: Sha256Digest::of(b"diff"),
+                size: 1,
+                media_type: crate::media::LAYER_GZIP.into(),
+            },
+            entries: 3,
+        };
+        let config = |key: Sha256Digest, digest: Sha256Digest| {
+            serde_json::to_vec(&EntryConfig {
+                key,
+                record: record(digest),
+            })
+            .unwrap()
+        };
+        let good = b.record_in(&config(key, Sha256Digest::of(&[1])), &key);
+        assert_eq!(good.unwrap(), record(Sha256Digest::of(&[1])));
+        let other_key = b.record_in(
+            &config(Sha256Digest::of(b"other"), Sha256Digest::of(&[1])),
+            &key,
+        );
+        assert!(other_key.unwrap_err().contains("entry of key"));
+        let other_blob = b.record_in(&config(key, Sha256Digest::of(&[9])), &key);
+        assert!(other_blob.unwrap_err().contains("its record names blob"));
+        assert!(b.record_in(b"{}", &key).is_err());
     }
 
     #[test]
