@@ -79,6 +79,18 @@ pub enum LayerSource {
     Remote,
 }
 
+/// The outcome of one `--cache-to` write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheWriteState {
+    /// The registry already had the entry.
+    Present,
+    /// The entry was written.
+    Pushed,
+    /// The write failed (a warning; the build stands).
+    Failed,
+}
+
 /// What writing one layer to the `--cache-to` registry did.
 #[derive(Clone, Debug, Serialize)]
 pub struct CacheWrite {
@@ -86,8 +98,8 @@ pub struct CacheWrite {
     pub layer: String,
     /// Cache key (the entry's tag is `layer-<hex>`).
     pub key: Sha256Digest,
-    /// `present`, `pushed` or `failed`.
-    pub state: &'static str,
+    /// What happened.
+    pub state: CacheWriteState,
     /// Bytes uploaded (blobs already there or mounted cost none).
     pub bytes_uploaded: u64,
     /// Why it failed, when it did.
@@ -487,9 +499,9 @@ async fn export_layers(ctx: &BuildCtx<'_>) -> Vec<CacheWrite> {
         futures::stream::iter(produced.into_iter().map(|(layer, key, rec)| async move {
             let written = remote.push(&key, &layer, store, &rec).await;
             let (state, bytes_uploaded, error) = match written {
-                Ok(Written::Present) => ("present", 0, None),
-                Ok(Written::Pushed(n)) => ("pushed", n, None),
-                Err(e) => ("failed", 0, Some(e.to_string())),
+                Ok(Written::Present) => (CacheWriteState::Present, 0, None),
+                Ok(Written::Pushed(n)) => (CacheWriteState::Pushed, n, None),
+                Err(e) => (CacheWriteState::Failed, 0, Some(e.to_string())),
             };
             CacheWrite {
                 layer,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Args;
-use hakim::build::{self, BuildOptions, BuildReport};
+use hakim::build::{self, BuildOptions, BuildReport, CacheWriteState};
 use hakim::publish::{PushOptions, cache::RegistryCache};
 use hakim::spec::Variant;
 
@@ -119,21 +119,21 @@ pub async fn run(paths: &Paths, args: BuildArgs) -> Result<Status> {
     Ok(Status::SUCCESS)
 }
 
-/// One line per registry cache write that did something.
+/// One summary line of the registry cache writes (failures are warned about as they happen).
 pub fn print_cache_writes(report: &BuildReport) {
-    let pushed = report.cache_to.iter().filter(|w| w.state == "pushed");
-    let (n, bytes) = pushed.fold((0, 0), |(n, b), w| (n + 1, b + w.bytes_uploaded));
-    if !report.cache_to.is_empty() {
-        eprintln!(
-            "registry cache: {n} layer(s) written ({}), {} already there",
-            super::progress::size(bytes),
-            report
-                .cache_to
-                .iter()
-                .filter(|w| w.state == "present")
-                .count()
-        );
+    let writes = &report.cache_to;
+    if writes.is_empty() {
+        return;
     }
+    let count = |s: CacheWriteState| writes.iter().filter(|w| w.state == s).count();
+    let bytes: u64 = writes.iter().map(|w| w.bytes_uploaded).sum();
+    eprintln!(
+        "registry cache: {} layer(s) written ({}), {} already there, {} failed",
+        count(CacheWriteState::Pushed),
+        super::progress::size(bytes),
+        count(CacheWriteState::Present),
+        count(CacheWriteState::Failed)
+    );
 }
 
 /// Build what `req` names, with progress on stderr unless it is quiet.
