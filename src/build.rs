@@ -473,8 +473,8 @@ async fn obtain_layer(
                 p.name, v.key, plan.arch
             ));
         }
-        if let Some(hit) = lookup.hit {
-            return Ok((hit.record, LayerSource::Remote));
+        if let Some(record) = lookup.hit {
+            return Ok((record, LayerSource::Remote));
         }
     }
     ctx.progress.layer_started(&v.key, &plan.arch, &p.name);

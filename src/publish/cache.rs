@@ -186,22 +186,12 @@ impl EntryBlobs {
     }
 }
 
-/// A layer taken from a cache repository.
-#[derive(Clone, Debug)]
-pub struct Pulled {
-    /// The verified record, now also in the local layer cache.
-    pub record: LayerRecord,
-    /// `host/repository` it came from.
-    pub from: String,
-    /// Whether the layer blob was downloaded (false: the blob store already held it).
-    pub downloaded: bool,
-}
-
 /// What a lookup in the `--cache-from` repositories found.
 #[derive(Debug, Default)]
 pub struct Lookup {
-    /// The layer, when a repository held a good entry.
-    pub hit: Option<Pulled>,
+    /// The layer's verified record, now also in the local layer cache, when a repository
+    /// held a good entry.
+    pub hit: Option<LayerRecord>,
     /// Entries that were there but unusable, or repositories that failed; each a warning.
     pub problems: Vec<CacheError>,
 }
@@ -298,7 +288,7 @@ impl RegistryCache {
         target: &Target,
         key: &Sha256Digest,
         store: &LayerStore,
-    ) -> Result<Option<Pulled>, CacheError> {
+    ) -> Result<Option<LayerRecord>, CacheError> {
         let (reg, _) = self.publisher.registry(target)?;
         let repo = target.repository.as_str();
         let tag = entry_tag(key);
@@ -324,8 +314,7 @@ impl RegistryCache {
             .map_err(|d| invalid(format!("index: {d}")))?;
         let index: Vec<(String, Meta)> =
             serde_json::from_slice(&index).map_err(|e| invalid(format!("index: {e}")))?;
-        let downloaded = !store.cas().contains(&layer.digest);
-        if downloaded {
+        if !store.cas().contains(&layer.digest) {
             download(&reg, repo, layer, store)
                 .await?
                 .map_err(|d| invalid(format!("layer blob: {d}")))?;
@@ -336,11 +325,7 @@ impl RegistryCache {
             reference: reference.clone(),
             source,
         })?;
-        Ok(Some(Pulled {
-            record,
-            from: name(target),
-            downloaded,
-        }))
+        Ok(Some(record))
     }
 
     /// Write layer `key` (named `layer`, already in `store`) to the `--cache-to` repository,

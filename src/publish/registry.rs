@@ -732,22 +732,6 @@ impl Registry {
         Ok(Some((media_type, bytes.to_vec())))
     }
 
-    /// The blob `digest` of `repo`, or `None` when absent. Small blobs only (configs): the
-    /// body is held in memory; the caller verifies the digest.
-    pub async fn get_blob(&self, repo: &str, digest: &Sha256Digest) -> Result<Option<Vec<u8>>> {
-        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
-        let req = Req::new(Method::GET, url, vec![push_scope(repo)]);
-        let resp = self.send(repo, &req).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let resp = self.expect(&req, resp, &[200]).await?;
-        let bytes = read_body(&req, resp).await?;
-        Ok(Some(bytes.to_vec()))
-    }
-}
-
-impl Registry {
     /// Stream the blob `digest` of `repo` into `out`: false when the registry has no such
     /// blob. Large blobs (layers) never sit in memory; the caller verifies the digest.
     pub async fn download_blob(
@@ -756,28 +740,51 @@ impl Registry {
         digest: &Sha256Digest,
         out: &mut (dyn std::io::Write + Send),
     ) -> Result<bool> {
-        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
-        let req = Req::new(Method::GET, url, vec![push_scope(repo)]);
-        let resp = self.send(repo, &req).await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let Some((req, mut resp)) = self.blob_response(repo, digest).await? else {
             return Ok(false);
-        }
-        let mut resp = self.expect(&req, resp, &[200]).await?;
-        let broken = |detail: String| PublishError::Transport {
+        };
+        let failed = |transient: bool, detail: String| PublishError::Transport {
             method: "GET".into(),
             url: short_url(&req.url),
             detail,
-            transient: true,
+            transient,
         };
         loop {
             let chunk = tokio::time::timeout(self.net.stall_timeout, resp.chunk())
                 .await
-                .map_err(|_| broken("the transfer stalled".into()))?
-                .map_err(|e| broken(net::error_chain(&e.without_url())))?;
+                .map_err(|_| failed(true, "the transfer stalled".into()))?
+                .map_err(|e| failed(true, net::error_chain(&e.without_url())))?;
             let Some(chunk) = chunk else { return Ok(true) };
+            // A local write failure (a full disk) is not the network's: not retried.
             out.write_all(&chunk)
-                .map_err(|e| broken(format!("writing the download: {e}")))?;
+                .map_err(|e| failed(false, format!("writing the download: {e}")))?;
         }
+    }
+
+    /// The blob `digest` of `repo`, or `None` when absent. Small blobs only (configs): the
+    /// body is held in memory; the caller verifies the digest.
+    pub async fn get_blob(&self, repo: &str, digest: &Sha256Digest) -> Result<Option<Vec<u8>>> {
+        let Some((req, resp)) = self.blob_response(repo, digest).await? else {
+            return Ok(None);
+        };
+        let bytes = read_body(&req, resp).await?;
+        Ok(Some(bytes.to_vec()))
+    }
+
+    /// The answer to GET of blob `digest`, body unread; `None` when the registry lacks it.
+    async fn blob_response(
+        &self,
+        repo: &str,
+        digest: &Sha256Digest,
+    ) -> Result<Option<(Req, reqwest::Response)>> {
+        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
+        let req = Req::new(Method::GET, url, vec![push_scope(repo)]);
+        let resp = self.send(repo, &req).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.expect(&req, resp, &[200]).await?;
+        Ok(Some((req, resp)))
     }
 }
 
